@@ -1,0 +1,131 @@
+"""Host-tier micro benchmark: put / get_into / get of pages beside the memcpy ceiling."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .. import native
+from ..config import HostTierConfig, MiB, StoreConfig
+from ..store import TieredStore
+from .ceiling import memcpy_bandwidth, prefaulted, timed_ops
+
+DEFAULT_PAGE_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
+
+
+@dataclass(frozen=True, slots=True)
+class HostBenchSettings:
+    """What to measure.
+
+    Args:
+        page_sizes: page sizes in bytes, each measured separately.
+        capacity_bytes: host arena size; the workload cycles through twice as many keys as
+            fit, so puts run at a full tier with eviction (the realistic steady state).
+        seconds: time per measurement (each is repeated ``trials`` times, best kept).
+        trials: repetitions of every measurement.
+    """
+
+    page_sizes: tuple[int, ...] = DEFAULT_PAGE_SIZES
+    capacity_bytes: int = 256 * MiB
+    seconds: float = 0.4
+    trials: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PageResult:
+    """Throughputs (bytes/s) for one page size; ratios are store / ceiling."""
+
+    page_bytes: int
+    put: float
+    put_ceiling: float
+    get_into: float
+    get: float
+    get_ceiling: float
+
+    @property
+    def put_ratio(self) -> float:
+        return self.put / self.put_ceiling
+
+    @property
+    def get_into_ratio(self) -> float:
+        return self.get_into / self.get_ceiling
+
+    @property
+    def get_ratio(self) -> float:
+        return self.get / self.get_ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class HostBenchResult:
+    settings: HostBenchSettings
+    pages: list[PageResult] = field(default_factory=list)
+    native_backend: str = native.backend
+    copy_threads: int = 0
+    cpu: str = ""
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        for page, result in zip(doc["pages"], self.pages):
+            page.update(put_ratio=result.put_ratio, get_into_ratio=result.get_into_ratio,
+                        get_ratio=result.get_ratio)
+        return doc
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cpus)"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cpus"
+
+
+def run_host_bench(settings: HostBenchSettings,
+                   progress: Callable[[str], None] = lambda step: None) -> HostBenchResult:
+    """Measure every page size; ``progress`` is called once per finished step."""
+    result = HostBenchResult(settings, copy_threads=native.copy_threads(), cpu=_cpu_name())
+    for size in settings.page_sizes:
+        result.pages.append(_bench_page_size(size, settings, progress))
+    return result
+
+
+def _bench_page_size(size: int, s: HostBenchSettings, progress: Callable[[str], None]) -> PageResult:
+    slots = max(1, s.capacity_bytes // size)
+    min_ops = max(4, min(64, slots // 4))
+    pages = [prefaulted(size) for _ in range(4)]
+    for i, page in enumerate(pages):
+        page[:] = os.urandom(size) if i == 0 else pages[0]
+        page[:8] = i.to_bytes(8, "little")
+    region = prefaulted(slots * size)
+    host = HostTierConfig(capacity_bytes=slots * size, slot_bytes=size, prefault=True)
+    keys = [i.to_bytes(8, "little") for i in range(2 * slots)]
+    best = dict.fromkeys(("put", "put_ceiling", "get_into", "get", "get_ceiling"), 0.0)
+
+    def keep(name: str, ops: int, elapsed: float) -> None:
+        best[name] = max(best[name], ops * size / elapsed)
+
+    with TieredStore(StoreConfig(host=host)) as store:
+        for i in range(2 * slots):  # reach the steady state: full tier, evicting on every put
+            store.put(keys[i], pages[i % 4])
+        for _ in range(s.trials):
+            best["put_ceiling"] = max(best["put_ceiling"], memcpy_bandwidth(
+                region, pages, to_region=True, seconds=s.seconds, min_ops=min_ops))
+            keep("put", *timed_ops(lambda i: store.put(keys[i % len(keys)], pages[i % 4]),
+                                   s.seconds, min_ops))
+            best["get_ceiling"] = max(best["get_ceiling"], memcpy_bandwidth(
+                region, pages, to_region=False, seconds=s.seconds, min_ops=min_ops))
+            resident = _resident_keys(store, keys)
+            keep("get_into", *timed_ops(
+                lambda i: store.get_into(resident[i % len(resident)], pages[i % 4]), s.seconds, min_ops))
+            keep("get", *timed_ops(lambda i: store.get(resident[i % len(resident)]), s.seconds, min_ops))
+        progress(f"{size >> 10} KiB pages")
+    region.release()
+    return PageResult(size, **best)
+
+
+def _resident_keys(store: TieredStore, keys: list[bytes]) -> list[bytes]:
+    """Keys present now, in put order (so reads walk the arena like writes do)."""
+    return [k for k in keys if store.contains(k)]

@@ -1,0 +1,86 @@
+"""The ``kvtier`` command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import native
+from .bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
+from .config import format_size, parse_size
+
+app = typer.Typer(help="kvtier: tiered KV-cache offload for LLM serving.", no_args_is_help=True,
+                  add_completion=False)
+err = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """kvtier: tiered KV-cache offload for LLM serving."""
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(parse_size(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def bench(
+    page_sizes: str = typer.Option(",".join(f"{s >> 10}KiB" for s in DEFAULT_PAGE_SIZES),
+                                   "--page-sizes", help="Comma-separated page sizes."),
+    capacity: str = typer.Option("256MiB", help="Host arena size (the workload overfills it 2x)."),
+    seconds: float = typer.Option(0.4, min=0.001, help="Seconds per measurement."),
+    trials: int = typer.Option(3, min=1, help="Repetitions per measurement (best kept)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the JSON here."),
+) -> None:
+    """Host-tier put/get throughput per page size, beside memcpy measured in the same run."""
+    try:
+        settings = HostBenchSettings(page_sizes=_sizes(page_sizes), capacity_bytes=parse_size(capacity),
+                                     seconds=seconds, trials=trials)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not settings.page_sizes or min(settings.page_sizes) <= 0:
+        raise typer.BadParameter("--page-sizes needs at least one positive size")
+    with Progress(TextColumn("[bold]host tier"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=len(settings.page_sizes))
+        result = run_host_bench(settings, lambda step: bar.update(task, advance=1, description=step))
+    doc = result.to_json()
+    if output:
+        with open(output, "w") as fh:
+            json.dump(doc, fh, indent=2)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        _print_host_table(result)
+
+
+def _gbs(value: float) -> str:
+    return f"{value / 1e9:.2f}"
+
+
+def _print_host_table(result: HostBenchResult) -> None:
+    table = Table(title=f"host tier · {format_size(result.settings.capacity_bytes)} arena · "
+                        f"native backend: {result.native_backend} · {result.cpu}")
+    for column in ("page", "put GB/s", "memcpy GB/s", "put/memcpy", "get_into GB/s", "get GB/s",
+                   "memcpy GB/s", "get_into/memcpy", "get/memcpy"):
+        table.add_column(column, justify="right")
+    for page in result.pages:
+        table.add_row(format_size(page.page_bytes), _gbs(page.put), _gbs(page.put_ceiling),
+                      f"{page.put_ratio:.0%}", _gbs(page.get_into), _gbs(page.get),
+                      _gbs(page.get_ceiling), f"{page.get_into_ratio:.0%}", f"{page.get_ratio:.0%}")
+    Console().print(table)
+    if native.fallback_reason:
+        err.print(f"[yellow]native extension not used: {native.fallback_reason}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,239 @@
+"""Typed configuration: dataclasses with validation, ``from_env`` (``KVTIER_*``) and ``from_file``.
+
+Every knob is listed with its default and environment variable in docs/configuration.md.
+Environment names are ``KVTIER_<FIELD>`` for store fields and ``KVTIER_<TIER>_<FIELD>`` for a
+tier's fields (e.g. ``KVTIER_HOST_CAPACITY_BYTES=8GiB``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+POLICIES = ("lru", "ttl")
+REFRESH_MODES = ("write", "read")
+# Environment variables that are not config fields but are read elsewhere.
+_OTHER_ENV = {"KVTIER_NATIVE"}
+
+
+def parse_size(value: int | str) -> int:
+    """``4096``, ``"64KiB"``, ``"1.5GB"`` -> bytes (binary units KiB/MiB/GiB/TiB, decimal KB/MB/...)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a size in bytes, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ConfigError(f"cannot parse size {value!r}: use bytes or a unit like 64KiB, 4MiB, 1GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(nbytes: float) -> str:
+    """Bytes -> a short binary-unit string (``1.5 GiB``)."""
+    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.4g} {unit}"
+    return f"{int(nbytes)} B"
+
+
+@dataclass(frozen=True, slots=True)
+class HostTierConfig:
+    """The host DRAM tier: one preallocated page-aligned arena carved into fixed-size slots.
+
+    Args:
+        capacity_bytes: arena size; rounded down to a whole number of slots.
+        slot_bytes: size of one slot = the largest page this tier stores. A page smaller than a
+            slot still occupies a whole slot, so set it to your page size (``kvtier size``).
+        prefault: touch every arena page at start so later puts never page-fault and RSS is
+            flat from the start (costs ~0.1 s per GiB at open).
+        verify_checksums: store an xxh3-64 checksum per page and verify it on every read; a
+            mismatch is a miss with reason ``corrupt``. Off by default: DRAM is ECC-protected
+            and hashing costs bandwidth; persistent tiers always verify.
+    """
+
+    capacity_bytes: int = 1 * GiB
+    slot_bytes: int = 1 * MiB
+    prefault: bool = True
+    verify_checksums: bool = False
+
+    def __post_init__(self) -> None:
+        _set_sizes(self, ("capacity_bytes", "slot_bytes"))
+        if self.slot_bytes <= 0:
+            raise ConfigError(f"host.slot_bytes must be > 0, got {self.slot_bytes}")
+        if self.capacity_bytes < self.slot_bytes:
+            raise ConfigError(
+                f"host.capacity_bytes ({format_size(self.capacity_bytes)}) must hold at least one "
+                f"slot of host.slot_bytes ({format_size(self.slot_bytes)})"
+            )
+
+    @property
+    def slot_count(self) -> int:
+        return self.capacity_bytes // self.slot_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Configuration of a ``TieredStore``.
+
+    Args:
+        host: the host DRAM tier (the first tier a put lands in).
+        policy: eviction order within a tier: ``"lru"`` (least recently used first) or ``"ttl"``
+            (earliest deadline first, like providers' cache windows).
+        ttl_s: default cache window in seconds for every put (``None``: no expiry). A put's own
+            ``ttl_s`` overrides it. Expired blocks are misses with reason ``expired``.
+        ttl_refresh: ``"write"``: only a put extends a block's deadline; ``"read"``: every hit
+            extends it too.
+        max_pinned_fraction: at most this fraction of a tier's capacity may be pinned; pins
+            beyond it are refused (``pin`` returns False, ``put(pin=True)`` returns False).
+        ghost_entries: how many recently evicted/expired/corrupt keys are remembered so a later
+            miss reports why (``evicted``/``expired``/``corrupt`` instead of ``never_stored``).
+        async_workers: threads serving ``put_async``/``get_async`` (started on first use).
+        copy_threads: threads of the native copy for large pages (0: automatic).
+    """
+
+    host: HostTierConfig = field(default_factory=HostTierConfig)
+    policy: str = "lru"
+    ttl_s: float | None = None
+    ttl_refresh: str = "write"
+    max_pinned_fraction: float = 0.5
+    ghost_entries: int = 65536
+    async_workers: int = 4
+    copy_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, HostTierConfig):
+            raise ConfigError(f"host must be a HostTierConfig, got {type(self.host).__name__}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.ttl_refresh not in REFRESH_MODES:
+            raise ConfigError(f"ttl_refresh must be one of {REFRESH_MODES}, got {self.ttl_refresh!r}")
+        if self.ttl_s is not None and not (isinstance(self.ttl_s, (int, float)) and self.ttl_s > 0):
+            raise ConfigError(f"ttl_s must be a positive number of seconds or None, got {self.ttl_s!r}")
+        if not (0.0 <= self.max_pinned_fraction <= 1.0):
+            raise ConfigError(f"max_pinned_fraction must be in [0, 1], got {self.max_pinned_fraction}")
+        for name in ("ghost_entries", "copy_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.async_workers < 1:
+            raise ConfigError(f"async_workers must be >= 1, got {self.async_workers}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "StoreConfig":
+        """Build from a nested mapping (``{"policy": "ttl", "host": {"capacity_bytes": "8GiB"}}``).
+
+        Unknown keys raise ``ConfigError`` naming the accepted ones.
+        """
+        values = dict(values)
+        tiers = {"host": HostTierConfig}
+        kwargs: dict[str, Any] = {}
+        for name, tier_cls in tiers.items():
+            if name in values:
+                section = values.pop(name)
+                if not isinstance(section, Mapping):
+                    raise ConfigError(f"[{name}] must be a table of settings, got {section!r}")
+                kwargs[name] = _build(tier_cls, section, prefix=f"{name}.")
+        kwargs.update(_coerce_fields(cls, values, prefix="", skip=set(tiers)))
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> "StoreConfig":
+        """Read a TOML file with the same structure as ``from_dict``."""
+        with Path(path).open("rb") as fh:
+            try:
+                return cls.from_dict(tomllib.load(fh))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "StoreConfig":
+        """Read ``KVTIER_*`` variables; unset ones keep their defaults, unknown ones raise."""
+        environ = os.environ if environ is None else environ
+        nested: dict[str, Any] = {}
+        known: set[str] = set(_OTHER_ENV)
+        sections = {"host": HostTierConfig}
+        for f in dataclasses.fields(cls):
+            if f.name in sections:
+                continue
+            known.add(env_name(f.name))
+            if env_name(f.name) in environ:
+                nested[f.name] = environ[env_name(f.name)]
+        for section, tier_cls in sections.items():
+            for f in dataclasses.fields(tier_cls):
+                var = env_name(f.name, section)
+                known.add(var)
+                if var in environ:
+                    nested.setdefault(section, {})[f.name] = environ[var]
+        unknown = sorted(k for k in environ if k.startswith("KVTIER_") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown environment variables {unknown}; known: {sorted(known)}")
+        return cls.from_dict(nested)
+
+
+def env_name(field_name: str, section: str | None = None) -> str:
+    """The environment variable of a config field (``KVTIER_HOST_SLOT_BYTES``)."""
+    parts = ["KVTIER", section, field_name] if section else ["KVTIER", field_name]
+    return "_".join(parts).upper()
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    return cls(**_coerce_fields(cls, values, prefix))
+
+
+def _coerce_fields(cls: type, values: Mapping[str, Any], prefix: str, skip: set[str] = frozenset()) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - skip
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {[prefix + u for u in unknown]}; known: {sorted(prefix + n for n in names)}")
+    return {name: _coerce(prefix + name, hints[name], raw) for name, raw in values.items()}
+
+
+def _coerce(name: str, hint: Any, raw: Any) -> Any:
+    """Convert a string/TOML value to the field's type, with an error that names the field."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none"))):
+        return None
+    try:
+        if base is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if base is int:
+            return parse_size(raw) if name.endswith("_bytes") else int(raw)
+        if base is float:
+            return float(raw)
+        if base is str:
+            return str(raw)
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"{name}: cannot use {raw!r}: {exc}") from None
+    return raw
+
+
+def _set_sizes(obj: Any, names: tuple[str, ...]) -> None:
+    """Accept ``"64MiB"`` strings for size fields of a frozen dataclass; reject non-ints."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            object.__setattr__(obj, name, parse_size(value))
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be an int number of bytes or a size string, got {value!r}")

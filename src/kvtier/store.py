@@ -1,0 +1,358 @@
+"""``TieredStore``: the facade engines, integrations, the benchmark and the CLI talk to.
+
+Metadata (the tier indexes) changes under one short lock; bytes move outside it. A read
+protects its slot with a reader count, a write reserves a slot before copying and publishes it
+after, so no reader ever sees a torn or reused page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+from . import native
+from .buffers import byte_view, writable_byte_view
+from .config import StoreConfig, format_size
+from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, InvalidKeyError,
+                     StoreClosedError, UnsupportedValueError, ValueTooLargeError)
+from .index import Entry, GhostList, SlotAllocator, TierIndex
+from .keys import DEFAULT_NAMESPACE, BlockKey
+from .metrics import MissReason, StoreCounters, StoreStats, TierStats
+from .policy import make_policy
+from .tiers import HostArena, Tier
+
+KeyLike = BlockKey | bytes
+
+
+class TieredStore:
+    """KV pages across memory tiers, fastest first (today: the host DRAM arena).
+
+    Args:
+        config: the store's configuration (``StoreConfig()`` defaults if omitted).
+        clock: monotonic seconds used for TTL windows; inject one to test or simulate expiry.
+
+    Keys are ``BlockKey`` (see ``Namespace.prefix_keys``) or plain ``bytes``, which are hashed
+    into the default namespace. Values are C-contiguous buffers: bytes, bytearray, memoryview,
+    numpy arrays or CPU torch tensors of any dtype and shape; pages come back as flat bytes.
+    Usable as a context manager; ``close()`` is idempotent. All methods are thread-safe.
+    """
+
+    def __init__(self, config: StoreConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        config = StoreConfig() if config is None else config
+        if not isinstance(config, StoreConfig):
+            raise ConfigError(f"TieredStore needs a StoreConfig, got {type(config).__name__}")
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # signalled when in-flight copies drain
+        self._inflight = 0
+        self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._counters = StoreCounters()
+        self._ghosts = GhostList(config.ghost_entries)
+        if config.copy_threads:
+            native.set_copy_threads(config.copy_threads)
+        self._tiers: list[tuple[Tier, TierIndex]] = []
+        for tier in self._open_tiers(config):
+            allocator = SlotAllocator(tier.slot_count, tier.slot_bytes)
+            index = TierIndex(
+                tier.name, allocator, make_policy(config.policy), self._ghosts,
+                max_pinned_bytes=int(allocator.capacity_bytes * config.max_pinned_fraction),
+                refresh_on_read=config.ttl_refresh == "read",
+            )
+            self._tiers.append((tier, index))
+        self._first_tier, self._first_index = self._tiers[0]
+
+    @staticmethod
+    def _open_tiers(config: StoreConfig) -> list[Tier]:
+        """The configured tiers, fastest first."""
+        return [HostArena(config.host)]
+
+    # -- context management ------------------------------------------------------------------
+    def __enter__(self) -> "TieredStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish queued async operations, wait for copies in flight, release every tier."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            while self._inflight:
+                self._idle.wait()
+        for tier, _ in self._tiers:
+            tier.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- single-block API --------------------------------------------------------------------
+    def put(self, key: KeyLike, value: Any, *, ttl_s: float | None = None, pin: bool = False) -> bool:
+        """Store ``value`` under ``key``; ``False`` when no tier admits it (full of pinned or
+        in-use blocks, or the pin budget is spent). Replaces an older value of ``key``.
+
+        Args:
+            value: a C-contiguous buffer (bytes, bytearray, memoryview, numpy array, CPU torch
+                tensor), at most the first tier's ``slot_bytes``. Not retained: copied in.
+            ttl_s: this block's cache window in seconds (default: ``StoreConfig.ttl_s``).
+            pin: keep the block in its tier (never evicted or expired) until ``unpin``.
+        """
+        return self._put(self._key(key), self._value(value), self._ttl(ttl_s), pin)
+
+    def get(self, key: KeyLike) -> memoryview | None:
+        """A copy of the page as a flat byte ``memoryview`` (writable, caller-owned), or ``None``."""
+        return self._get(self._key(key), None)
+
+    def get_into(self, key: KeyLike, out: Any) -> bool:
+        """Copy the page straight into ``out`` (no intermediate buffer); ``False`` on a miss.
+
+        Args:
+            out: a writable C-contiguous buffer (bytearray, numpy array, CPU torch tensor, ...)
+                whose size in bytes equals the stored page's; ``BufferSizeError`` otherwise.
+        """
+        return self._get(self._key(key), writable_byte_view(out, "out")) is not None
+
+    def contains(self, key: KeyLike) -> bool:
+        """Whether a live (stored, not expired) copy of ``key`` exists; does not count as a read."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            return self._locate(key, self._clock()) is not None
+
+    def evict(self, key: KeyLike) -> bool:
+        """Drop ``key`` from every tier (pinned or not); ``True`` if any tier held it."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            removed = False
+            for _, index in self._tiers:
+                removed = index.remove(key, MissReason.EVICTED) or removed
+            return removed
+
+    def pin(self, key: KeyLike) -> bool:
+        """Keep ``key`` where it is until ``unpin``; ``False`` if absent or the pin budget is spent."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            found = self._locate(key, self._clock())
+            return found is not None and found[1].pin(found[0])
+
+    def unpin(self, key: KeyLike) -> bool:
+        """Make ``key`` evictable again; ``False`` if it is not stored."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            found = self._locate(key, self._clock())
+            if found is None:
+                return False
+            found[1].unpin(found[0])
+            return True
+
+    # -- batches and prefixes ----------------------------------------------------------------
+    def batch_put(self, keys: Sequence[KeyLike], values: Sequence[Any], *,
+                  ttl_s: float | None = None, pin: bool = False) -> list[bool]:
+        """``put`` of many blocks; every key and value is checked before any is stored."""
+        keys, values = list(keys), list(values)
+        if len(keys) != len(values):
+            raise InvalidKeyError(f"batch_put got {len(keys)} keys but {len(values)} values")
+        checked = [(self._key(k), self._value(v)) for k, v in zip(keys, values)]
+        ttl = self._ttl(ttl_s)
+        return [self._put(key, view, ttl, pin) for key, view in checked]
+
+    def batch_get(self, keys: Sequence[KeyLike]) -> list[memoryview | None]:
+        """``get`` of many blocks, in order."""
+        return [self._get(key, None) for key in [self._key(k) for k in keys]]
+
+    def lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
+        """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects)."""
+        checked = [self._key(k) for k in keys]
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            for count, key in enumerate(checked):
+                if self._locate(key, now) is None:
+                    return count
+            return len(checked)
+
+    # -- async -------------------------------------------------------------------------------
+    def put_async(self, key: KeyLike, value: Any, *, ttl_s: float | None = None,
+                  pin: bool = False) -> "Future[bool]":
+        """``put`` on a worker thread. ``value`` must stay unchanged until the future is done."""
+        return self._submit(self.put, key, value, ttl_s=ttl_s, pin=pin)
+
+    def get_async(self, key: KeyLike) -> "Future[memoryview | None]":
+        """``get`` on a worker thread."""
+        return self._submit(self.get, key)
+
+    async def aput(self, key: KeyLike, value: Any, *, ttl_s: float | None = None, pin: bool = False) -> bool:
+        """asyncio form of ``put_async``."""
+        return await asyncio.wrap_future(self.put_async(key, value, ttl_s=ttl_s, pin=pin))
+
+    async def aget(self, key: KeyLike) -> memoryview | None:
+        """asyncio form of ``get_async``."""
+        return await asyncio.wrap_future(self.get_async(key))
+
+    # -- maintenance -------------------------------------------------------------------------
+    def sweep_expired(self) -> int:
+        """Reclaim every expired block now (reads and puts also reclaim lazily); returns how many."""
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            return sum(index.reclaim_expired(now) for _, index in self._tiers)
+
+    def stats(self) -> StoreStats:
+        """A consistent snapshot of the counters (expired blocks are reclaimed first)."""
+        with self._lock:
+            now = self._clock()
+            tiers = []
+            for _, index in self._tiers:
+                if not self._closed:
+                    index.reclaim_expired(now)
+                alloc = index.allocator
+                tiers.append(TierStats(
+                    name=index.name, hits=index.hits, bytes_in=index.bytes_in,
+                    bytes_out=index.bytes_out, used_bytes=index.used_bytes,
+                    capacity_bytes=alloc.capacity_bytes, slots_used=alloc.used,
+                    slots_total=alloc.slot_count, entries=len(index.entries),
+                    pinned_bytes=index.pinned_bytes, evictions=index.evictions,
+                    expirations=index.expirations,
+                ))
+            c = self._counters
+            return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
+                              gets=c.gets, hits=c.hits, misses=dict(c.misses),
+                              native_backend=native.backend)
+
+    def miss_reason(self, key: KeyLike) -> MissReason | None:
+        """Why ``key`` would miss now (``None`` if it would hit); not counted as a read."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            if self._locate(key, self._clock()) is not None:
+                return None
+            return self._ghosts.reason(key)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
+        tier, index = self._first_tier, self._first_index
+        nbytes = src.nbytes
+        if nbytes > tier.slot_bytes:
+            raise ValueTooLargeError(
+                f"value is {format_size(nbytes)} but {tier.name} slots hold {format_size(tier.slot_bytes)}"
+                f" ({tier.slot_bytes} bytes): raise {tier.name}.slot_bytes or split the page"
+            )
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            reservation = index.reserve(key, nbytes, now, pin)
+            self._counters.puts += 1
+            if reservation is None:
+                self._counters.puts_rejected += 1
+                return False
+            self._inflight += 1
+        checksum = None
+        try:
+            checksum = tier.write(reservation.location, src)
+        except BaseException:
+            with self._lock:
+                index.abort(reservation)
+                self._end_copy()
+            raise
+        with self._lock:
+            index.publish(key, reservation, nbytes, None if ttl_s is None else now + ttl_s,
+                          ttl_s, checksum)
+            self._end_copy()
+        return True
+
+    def _get(self, key: BlockKey, out: memoryview | None) -> memoryview | None:
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            found = self._locate(key, now)
+            if found is None:
+                self._counters.miss(self._ghosts.reason(key))
+                return None
+            entry, index, tier = found[0], found[1], found[2]
+            if out is not None and out.nbytes != entry.nbytes:
+                raise BufferSizeError(
+                    f"out has {out.nbytes} bytes but the stored page has {entry.nbytes}"
+                )
+            index.begin_read(entry, now)
+            self._inflight += 1
+        ok = False
+        try:
+            dst = out if out is not None else memoryview(native.alloc_bytearray(entry.nbytes))
+            ok = tier.read_into(entry.location, dst, entry.checksum)
+        finally:
+            with self._lock:
+                index.end_read(entry, ok)
+                if ok:
+                    self._counters.hit()
+                else:
+                    self._counters.miss(MissReason.CORRUPT)
+                self._end_copy()
+        return dst if ok else None
+
+    def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:
+        """The fastest live copy of ``key``. Caller holds the lock."""
+        for tier, index in self._tiers:
+            entry = index.find(key, now)
+            if entry is not None:
+                return entry, index, tier
+        return None
+
+    def _end_copy(self) -> None:
+        self._inflight -= 1
+        if self._closed and not self._inflight:
+            self._idle.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("this TieredStore is closed; open a new one")
+
+    def _submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        with self._lock:
+            self._check_open()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.config.async_workers,
+                                                    thread_name_prefix="kvtier-async")
+            try:
+                return self._executor.submit(fn, *args, **kwargs)
+            except RuntimeError:  # shut down by a concurrent close()
+                raise StoreClosedError("this TieredStore is closed; open a new one") from None
+
+    @staticmethod
+    def _key(key: Any) -> BlockKey:
+        if type(key) is BlockKey:
+            return key
+        if isinstance(key, BlockKey):
+            return BlockKey.from_bytes(bytes(key))
+        if isinstance(key, (bytes, bytearray, memoryview)):
+            return DEFAULT_NAMESPACE.key_for_bytes(bytes(key))
+        raise InvalidKeyError(
+            f"keys are BlockKey or bytes, got {type(key).__name__}: use Namespace.prefix_keys(...) "
+            "or encode strings (key.encode())"
+        )
+
+    @staticmethod
+    def _value(value: Any) -> memoryview:
+        view = byte_view(value)
+        if view.nbytes == 0:
+            raise UnsupportedValueError("value is empty: a KV page has at least one byte")
+        return view
+
+    def _ttl(self, ttl_s: float | None) -> float | None:
+        if ttl_s is None:
+            return self.config.ttl_s
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
+            raise InvalidArgumentError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        return float(ttl_s)

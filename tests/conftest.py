@@ -1,0 +1,48 @@
+"""Shared fixtures: small real stores, an injectable clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvtier import HostTierConfig, StoreConfig, TieredStore
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(clock):
+    """Build a real store with a small arena; closes every store it built."""
+    stores: list[TieredStore] = []
+
+    def build(slots: int = 8, slot_bytes: int = 4096, *, verify: bool = False, **store_kwargs) -> TieredStore:
+        host = HostTierConfig(capacity_bytes=slots * slot_bytes, slot_bytes=slot_bytes,
+                              prefault=False, verify_checksums=verify)
+        store = TieredStore(StoreConfig(host=host, **store_kwargs), clock=clock)
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def page(seed: int, nbytes: int = 4096) -> bytes:
+    """A deterministic page whose every 8-byte word names its seed (torn pages are visible)."""
+    word = seed.to_bytes(8, "little")
+    return (word * (nbytes // 8 + 1))[:nbytes]

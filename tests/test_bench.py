@@ -1,0 +1,36 @@
+"""The benchmark runs in the suite at tiny size, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from kvtier.cli import app
+
+
+def test_bench_json_at_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB,256KiB", "--capacity", "4MiB",
+                                      "--seconds", "0.01", "--trials", "1", "--json", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert [p["page_bytes"] for p in doc["pages"]] == [64 << 10, 256 << 10]
+    for page in doc["pages"]:
+        for name in ("put", "put_ceiling", "get_into", "get", "get_ceiling"):
+            assert page[name] > 0
+        assert page["put_ratio"] == page["put"] / page["put_ceiling"]
+    assert doc["native_backend"] in ("native", "python")
+
+
+def test_bench_table_output():
+    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
+                                      "--seconds", "0.01", "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert "host tier" in result.output and "64 KiB" in result.output
+
+
+def test_bench_rejects_bad_sizes():
+    result = CliRunner().invoke(app, ["bench", "--page-sizes", "lots"])
+    assert result.exit_code != 0
+    assert "cannot parse size" in result.output
