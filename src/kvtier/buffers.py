@@ -29,10 +29,13 @@ def byte_view(value: Any, what: str = "value") -> memoryview:
     Raises ``UnsupportedValueError`` for unsupported types and ``NonContiguousError`` for
     strided arrays/tensors.
     """
-    if type(value).__module__.startswith("torch") and hasattr(value, "is_contiguous"):
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return memoryview(value)
+    if kind.__module__.startswith("torch") and hasattr(value, "is_contiguous"):
         return _torch_view(value, what)
     try:
-        view = value if type(value) is memoryview else memoryview(value)
+        view = value if kind is memoryview else memoryview(value)
     except TypeError:
         raise UnsupportedValueError(
             f"{what} must be {_ACCEPTED}, got {type(value).__module__}.{type(value).__qualname__}"

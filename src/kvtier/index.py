@@ -164,7 +164,8 @@ class TierIndex:
             credit = old.charge if old is not None and old.pinned else 0
             if self.pinned_bytes - credit + charge > self.max_pinned_bytes:
                 return None
-        self.reclaim_expired(now)
+        if self._expiry:
+            self.reclaim_expired(now)
         location = self.allocator.allocate(nbytes)
         busy: list[Entry] = []
         while location is None:

@@ -15,8 +15,10 @@ class LRUPolicy:
         self._order: OrderedDict[Hashable, None] = OrderedDict()
 
     def admit(self, key: Hashable, deadline: float | None) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
+        if key in self._order:
+            self._order.move_to_end(key)
+        else:
+            self._order[key] = None
 
     def touch(self, key: Hashable, deadline: float | None) -> None:
         if key in self._order:

@@ -6,11 +6,31 @@ anonymous ``mmap`` (page-aligned); the GPU issue pins it with ``cudaHostRegister
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 
 from .. import native
 from ..config import HostTierConfig
 from .base import TierCapabilities
+
+
+def map_anonymous(nbytes: int, *, prefault: bool) -> mmap.mmap:
+    """Page-aligned anonymous memory, backed by transparent huge pages where the kernel allows.
+
+    The huge-page advice must come before the first touch (advice given after ``MAP_POPULATE``
+    leaves 4 KiB pages: measured ~15 % slower copies). ``prefault`` then touches every page.
+    """
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    if prefault:
+        try:
+            region.madvise(mmap.MADV_POPULATE_WRITE)  # Linux >= 5.14
+        except (AttributeError, OSError):
+            view = memoryview(region)
+            ctypes.memset(native.address(view), 0, nbytes)
+            view.release()
+    return region
 
 
 class HostArena:
@@ -23,13 +43,8 @@ class HostArena:
         self.slot_bytes = config.slot_bytes
         self.slot_count = config.slot_count
         self.verify = config.verify_checksums
-        size = self.slot_bytes * self.slot_count
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        if config.prefault and hasattr(mmap, "MAP_POPULATE"):
-            flags |= mmap.MAP_POPULATE
-        self._mmap: mmap.mmap | None = mmap.mmap(-1, size, flags=flags)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            self._mmap.madvise(mmap.MADV_HUGEPAGE)
+        self._mmap: mmap.mmap | None = map_anonymous(self.slot_bytes * self.slot_count,
+                                                     prefault=config.prefault)
         self._view = memoryview(self._mmap)
 
     def slot_view(self, slot: int, nbytes: int) -> memoryview:
