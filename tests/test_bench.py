@@ -12,7 +12,8 @@ from kvtier.cli import app
 def test_bench_json_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB,256KiB", "--capacity", "4MiB",
-                                      "--seconds", "0.01", "--trials", "1", "--json", "-o", str(out)])
+                                      "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
+                                      "--json", "-o", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert [p["page_bytes"] for p in doc["pages"]] == [64 << 10, 256 << 10]
@@ -21,12 +22,16 @@ def test_bench_json_at_tiny_size(tmp_path):
             assert page[name] > 0
         assert page["put_ratio"] == page["put"] / page["put_ceiling"]
     assert doc["native_backend"] in ("native", "python")
+    meta = doc["metadata"]
+    assert meta["lookup_prefix_keys"] == 512 and meta["lookup_prefix_us"] > 0
+    assert min(meta["contains_ops_s"], meta["put_ops_s"], meta["get_into_ops_s"]) > 0
 
 
 def test_bench_table_output():
     result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
-                                      "--seconds", "0.01", "--trials", "1"])
+                                      "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500"])
     assert result.exit_code == 0, result.output
+    assert "lookup_prefix of 512 keys" in result.output
     assert "host tier" in result.output and "64 KiB" in result.output
 
 

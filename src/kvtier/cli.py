@@ -38,20 +38,21 @@ def bench(
     capacity: str = typer.Option("256MiB", help="Host arena size (the workload overfills it 2x)."),
     seconds: float = typer.Option(0.25, min=0.001, help="Seconds per measurement."),
     trials: int = typer.Option(5, min=1, help="Repetitions per measurement (best kept)."),
+    metadata_ops: int = typer.Option(100_000, min=50, help="Calls per metadata figure."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the JSON here."),
 ) -> None:
     """Host-tier put/get throughput per page size, beside memcpy measured in the same run."""
     try:
         settings = HostBenchSettings(page_sizes=_sizes(page_sizes), capacity_bytes=parse_size(capacity),
-                                     seconds=seconds, trials=trials)
+                                     seconds=seconds, trials=trials, metadata_ops=metadata_ops)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if not settings.page_sizes or min(settings.page_sizes) <= 0:
         raise typer.BadParameter("--page-sizes needs at least one positive size")
     with Progress(TextColumn("[bold]host tier"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("starting", total=len(settings.page_sizes))
+        task = bar.add_task("starting", total=len(settings.page_sizes) + 1)
         result = run_host_bench(settings, lambda step: bar.update(task, advance=1, description=step))
     doc = result.to_json()
     if output:
@@ -86,7 +87,15 @@ def _print_host_table(result: HostBenchResult) -> None:
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(page) for page in result.pages))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    meta = result.metadata
+    if meta is not None:
+        console.print(
+            f"metadata, single thread, 64 B pages: contains {meta.contains_ops_s / 1e3:,.0f}k ops/s · "
+            f"put at a full tier {meta.put_ops_s / 1e3:,.0f}k ops/s · get_into {meta.get_into_ops_s / 1e3:,.0f}k "
+            f"ops/s · lookup_prefix of {meta.lookup_prefix_keys} keys {meta.lookup_prefix_us:.0f} µs"
+        )
     if native.fallback_reason:
         err.print(f"[yellow]native extension not used: {native.fallback_reason}")
 

@@ -46,6 +46,7 @@ class TieredStore:
         if not isinstance(config, StoreConfig):
             raise ConfigError(f"TieredStore needs a StoreConfig, got {type(config).__name__}")
         self.config = config
+        self._default_ttl_s = config.ttl_s
         self._clock = clock
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when in-flight copies drain
@@ -107,7 +108,9 @@ class TieredStore:
             ttl_s: this block's cache window in seconds (default: ``StoreConfig.ttl_s``).
             pin: keep the block in its tier (never evicted or expired) until ``unpin``.
         """
-        return self._put(self._key(key), self._value(value), self._ttl(ttl_s), pin)
+        if type(key) is not BlockKey:
+            key = self._key(key)
+        return self._put(key, self._value(value), self._ttl(ttl_s), pin)
 
     def get(self, key: KeyLike) -> memoryview | None:
         """A copy of the page as a flat byte ``memoryview`` (writable, caller-owned), or ``None``."""
@@ -120,7 +123,9 @@ class TieredStore:
             out: a writable C-contiguous buffer (bytearray, numpy array, CPU torch tensor, ...)
                 whose size in bytes equals the stored page's; ``BufferSizeError`` otherwise.
         """
-        return self._get(self._key(key), writable_byte_view(out, "out")) is not None
+        if type(key) is not BlockKey:
+            key = self._key(key)
+        return self._get(key, writable_byte_view(out, "out")) is not None
 
     def contains(self, key: KeyLike) -> bool:
         """Whether a live (stored, not expired) copy of ``key`` exists; does not count as a read."""
@@ -175,13 +180,16 @@ class TieredStore:
 
     def lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
         """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects)."""
-        checked = [self._key(k) for k in keys]
+        checked = [k if type(k) is BlockKey else self._key(k) for k in keys]
         with self._lock:
             self._check_open()
             now = self._clock()
+            first = self._first_index.entries
             for count, key in enumerate(checked):
-                if self._locate(key, now) is None:
-                    return count
+                entry = first.get(key)  # fast path: a live block in the first tier
+                if entry is None or (entry.deadline is not None and entry.deadline <= now):
+                    if self._locate(key, now) is None:
+                        return count
             return len(checked)
 
     # -- async -------------------------------------------------------------------------------
@@ -352,7 +360,7 @@ class TieredStore:
 
     def _ttl(self, ttl_s: float | None) -> float | None:
         if ttl_s is None:
-            return self.config.ttl_s
+            return self._default_ttl_s
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
             raise InvalidArgumentError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
         return float(ttl_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -11,6 +12,7 @@ from ..config import HostTierConfig, MiB, StoreConfig
 from ..keys import BlockKey, Namespace
 from ..store import TieredStore
 from .ceiling import memcpy_bandwidth, prefaulted, timed_ops
+from .metadata import MetadataResult, run_metadata_bench
 
 DEFAULT_PAGE_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
 BENCH_NAMESPACE = Namespace(model="kvtier-bench")
@@ -27,12 +29,14 @@ class HostBenchSettings:
         seconds: time per measurement.
         trials: repetitions of every measurement, the store's and the ceiling's interleaved;
             the best of each is kept (equal sample counts, so neither side is favoured).
+        metadata_ops: calls per figure of the metadata benchmark (fixed cost per operation).
     """
 
     page_sizes: tuple[int, ...] = DEFAULT_PAGE_SIZES
     capacity_bytes: int = 256 * MiB
     seconds: float = 0.25
     trials: int = 5
+    metadata_ops: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class PageResult:
 class HostBenchResult:
     settings: HostBenchSettings
     pages: list[PageResult] = field(default_factory=list)
+    metadata: MetadataResult | None = None
     native_backend: str = native.backend
     copy_threads: int = 0
     cpu: str = ""
@@ -92,7 +97,9 @@ def run_host_bench(settings: HostBenchSettings,
     result = HostBenchResult(settings, copy_threads=native.copy_threads(), cpu=_cpu_name())
     for size in settings.page_sizes:
         result.pages.append(_bench_page_size(size, settings, progress))
-    return result
+    metadata = run_metadata_bench(settings.metadata_ops)
+    progress("metadata")
+    return dataclasses.replace(result, metadata=metadata)
 
 
 def _bench_page_size(size: int, s: HostBenchSettings, progress: Callable[[str], None]) -> PageResult:
