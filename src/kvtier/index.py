@@ -8,7 +8,7 @@ simulator drive the very same code. Not thread-safe: the store calls it under it
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable
 
 from .metrics import MissReason
 from .policy import EvictionPolicy
@@ -16,21 +16,31 @@ from .policy.ttl import DeadlineHeap
 
 
 class SlotAllocator:
-    """Fixed-size slots numbered ``0..slot_count-1``; every block takes one whole slot."""
+    """Fixed-size slots numbered ``0..slot_count-1``; every block takes one whole slot.
 
-    __slots__ = ("slot_bytes", "slot_count", "_free")
+    Memory is O(slots ever freed), not O(slot_count): untouched slots are handed out in order
+    from a counter, so a simulated multi-TiB tier costs nothing up front.
+    """
+
+    __slots__ = ("slot_bytes", "slot_count", "_free", "_next")
 
     def __init__(self, slot_count: int, slot_bytes: int) -> None:
         self.slot_count = slot_count
         self.slot_bytes = slot_bytes
-        self._free = list(range(slot_count - 1, -1, -1))  # pop() hands out slot 0 first
+        self._free: list[int] = []
+        self._next = 0  # slots below this were handed out at least once
 
     def charge(self, nbytes: int) -> int:
         """Capacity a block of ``nbytes`` consumes."""
         return self.slot_bytes
 
     def allocate(self, nbytes: int) -> int | None:
-        return self._free.pop() if self._free else None
+        if self._free:
+            return self._free.pop()
+        if self._next < self.slot_count:
+            self._next += 1
+            return self._next - 1
+        return None
 
     def free(self, slot: int) -> None:
         self._free.append(slot)
@@ -41,22 +51,22 @@ class SlotAllocator:
 
     @property
     def used(self) -> int:
-        return self.slot_count - len(self._free)
+        return self._next - len(self._free)
 
 
 class GhostList:
-    """Remembers why recently dropped keys left (bounded, oldest forgotten first)."""
+    """Remembers why, and from which tier, recently dropped keys left (bounded, oldest first out)."""
 
     __slots__ = ("_reasons", "_limit")
 
     def __init__(self, limit: int) -> None:
-        self._reasons: OrderedDict[Hashable, MissReason] = OrderedDict()
+        self._reasons: OrderedDict[Hashable, tuple[MissReason, str]] = OrderedDict()
         self._limit = limit
 
-    def record(self, key: Hashable, reason: MissReason) -> None:
+    def record(self, key: Hashable, reason: MissReason, tier: str) -> None:
         if self._limit == 0:
             return
-        self._reasons[key] = reason
+        self._reasons[key] = (reason, tier)
         self._reasons.move_to_end(key)
         if len(self._reasons) > self._limit:
             self._reasons.popitem(last=False)
@@ -65,7 +75,12 @@ class GhostList:
         self._reasons.pop(key, None)
 
     def reason(self, key: Hashable) -> MissReason:
-        return self._reasons.get(key, MissReason.NEVER_STORED)
+        found = self._reasons.get(key)
+        return MissReason.NEVER_STORED if found is None else found[0]
+
+    def detail(self, key: Hashable) -> tuple[MissReason, str | None]:
+        """(reason, tier that dropped it); the tier is ``None`` for ``never_stored``."""
+        return self._reasons.get(key, (MissReason.NEVER_STORED, None))
 
 
 class Entry:
@@ -109,8 +124,13 @@ class TierIndex:
     """
 
     def __init__(self, name: str, allocator: SlotAllocator, policy: EvictionPolicy,
-                 ghosts: GhostList, *, max_pinned_bytes: int, refresh_on_read: bool) -> None:
+                 ghosts: GhostList, *, max_pinned_bytes: int, refresh_on_read: bool,
+                 on_drop: Callable[[Entry, MissReason], None] | None = None) -> None:
+        """``on_drop(entry, reason)`` runs when an entry is evicted or expires (not when it is
+        replaced, removed on request or found corrupt): the hook a multi-tier owner uses to
+        demote the block to the next tier. It runs before the entry's location is freed."""
         self.name = name
+        self.on_drop = on_drop
         self.allocator = allocator
         self.policy = policy
         self.ghosts = ghosts
@@ -177,6 +197,8 @@ class TierIndex:
                 self.policy.forget(victim_key)
                 busy.append(victim)
                 continue
+            if self.on_drop is not None:
+                self.on_drop(victim, MissReason.EVICTED)
             self._drop(victim, MissReason.EVICTED)
             self.evictions += 1
             location = self.allocator.allocate(nbytes)
@@ -249,6 +271,8 @@ class TierIndex:
 
     # -- internals ---------------------------------------------------------------------------
     def _expire(self, entry: Entry) -> None:
+        if self.on_drop is not None:
+            self.on_drop(entry, MissReason.EXPIRED)
         self._drop(entry, MissReason.EXPIRED)
         self.expirations += 1
 
@@ -262,6 +286,6 @@ class TierIndex:
         self.policy.forget(entry.key)
         self._expiry.discard(entry.key)
         if reason is not None:
-            self.ghosts.record(entry.key, reason)
+            self.ghosts.record(entry.key, reason, self.name)
         if entry.readers == 0:
             self.allocator.free(entry.location)

@@ -1,4 +1,4 @@
-"""The ``kvtier`` command line."""
+"""``kvtier bench``."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import native
-from .bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
-from .config import format_size, parse_size
+from .. import native
+from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
+from ..config import format_size, parse_size
 
-app = typer.Typer(help="kvtier: tiered KV-cache offload for LLM serving.", no_args_is_help=True,
-                  add_completion=False)
 err = Console(stderr=True)
-
-
-@app.callback()
-def main() -> None:
-    """kvtier: tiered KV-cache offload for LLM serving."""
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -31,7 +24,6 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise typer.BadParameter(str(exc)) from None
 
 
-@app.command()
 def bench(
     page_sizes: str = typer.Option(",".join(f"{s >> 10}KiB" for s in DEFAULT_PAGE_SIZES),
                                    "--page-sizes", help="Comma-separated page sizes."),
@@ -98,7 +90,3 @@ def _print_host_table(result: HostBenchResult) -> None:
         )
     if native.fallback_reason:
         err.print(f"[yellow]native extension not used: {native.fallback_reason}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
