@@ -74,6 +74,7 @@ def test_demotion_promotion_and_eviction_from_the_last_tier(tmp_path):
 def test_prefix_hit_needs_every_earlier_block(tmp_path):
     r = run(tmp_path, [(0, [1, 2, 3]), (1, [9, 2, 3])], TierSpec("host", 100 * BLOCK))
     assert r.physical_hits == 2 and r.prefix_hits == 0 and r.hit_tokens == 0
+    assert r.physical_token_hit_rate == 1024 / (6 * 512) and r.hit_rate_by_tier() == {"host": 2 / 6}
     r = run(tmp_path, [(0, [1, 2, 3]), (1, [1, 2, 9])], TierSpec("host", 100 * BLOCK))
     assert r.prefix_hits == 2 and r.hit_tokens == 1024 and r.token_hit_rate == 1024 / (6 * 512)
 

@@ -84,6 +84,7 @@ class SimResult:
     physical_hits: int = 0
     prefix_hits: int = 0
     hit_tokens: int = 0           # tokens of prefix hits: prefill actually skipped
+    physical_hit_tokens: int = 0  # tokens of every block found in some tier
     write_tokens: int = 0         # tokens of missed blocks written into the first tier
     gpu_seconds_saved: float = 0.0
     hits_by_tier: Counter = field(default_factory=Counter)
@@ -104,6 +105,14 @@ class SimResult:
     @property
     def prefix_hit_rate(self) -> float:
         return self.prefix_hits / self.block_refs if self.block_refs else 0.0
+
+    @property
+    def physical_token_hit_rate(self) -> float:
+        return self.physical_hit_tokens / self.input_tokens if self.input_tokens else 0.0
+
+    def hit_rate_by_tier(self) -> dict[str, float]:
+        """Share of all block references each tier served."""
+        return {name: n / self.block_refs for name, n in self.hits_by_tier.items()} if self.block_refs else {}
 
     @property
     def token_hit_rate(self) -> float:
@@ -132,6 +141,8 @@ class SimResult:
             "tiers": [{"name": t.name, "capacity_bytes": t.capacity_bytes, "ttl_s": t.ttl_s} for t in cfg.tiers],
             "logical_hit_rate": self.logical_hit_rate, "physical_hit_rate": self.physical_hit_rate,
             "prefix_hit_rate": self.prefix_hit_rate, "token_hit_rate": self.token_hit_rate,
+            "physical_token_hit_rate": self.physical_token_hit_rate,
+            "hit_rate_by_tier": self.hit_rate_by_tier(),
             "hits_by_tier": dict(self.hits_by_tier), "misses": dict(self.misses),
             "eviction_regret": self.eviction_regret, "evictions": dict(self.evictions),
             "expirations": dict(self.expirations), "demotions": self.demotions, "promotions": self.promotions,
@@ -217,6 +228,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: Callable[[int], None] | Non
                     result.write_tokens += tokens
                 continue
             result.physical_hits += 1
+            result.physical_hit_tokens += tokens
             result.hits_by_tier[tier_names[tier]] += 1
             if prefix_intact:
                 result.prefix_hits += 1
