@@ -162,13 +162,14 @@ class TierIndex:
         if not entry.pinned:
             self.policy.touch(entry.key, entry.deadline)
 
-    def end_read(self, entry: Entry, ok: bool) -> None:
-        """The copy is over; ``ok=False`` means the bytes failed verification (fail closed)."""
+    def end_read(self, entry: Entry, ok: bool | None) -> None:
+        """The copy is over: ``True`` verified, ``False`` failed verification (the block is
+        dropped: fail closed), ``None`` aborted by an error that says nothing about the bytes."""
         entry.readers -= 1
         if ok:
             self.hits += 1
             self.bytes_out += entry.nbytes
-        elif entry.live:
+        elif ok is False and entry.live:
             self._drop(entry, MissReason.CORRUPT)  # frees the location once readers == 0
             return
         if not entry.live and entry.readers == 0:

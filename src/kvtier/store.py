@@ -267,7 +267,6 @@ class TieredStore:
                 self._counters.puts_rejected += 1
                 return False
             self._inflight += 1
-        checksum = None
         try:
             checksum = tier.write(reservation.location, src)
         except BaseException:
@@ -296,7 +295,7 @@ class TieredStore:
                 )
             index.begin_read(entry, now)
             self._inflight += 1
-        ok = False
+        ok: bool | None = None  # None: the copy raised, which says nothing about the page
         try:
             dst = out if out is not None else memoryview(native.alloc_bytearray(entry.nbytes))
             ok = tier.read_into(entry.location, dst, entry.checksum)
@@ -305,7 +304,7 @@ class TieredStore:
                 index.end_read(entry, ok)
                 if ok:
                     self._counters.hit()
-                else:
+                elif ok is False:
                     self._counters.miss(MissReason.CORRUPT)
                 self._end_copy()
         return dst if ok else None
