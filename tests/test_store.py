@@ -347,3 +347,33 @@ def test_stats_account_bytes_and_capacity(make_store):
     assert stats.hit_rate == 0.5 and stats.native_backend in ("native", "python")
     with pytest.raises(KeyError):
         stats.tier("disk")
+
+
+def test_batch_get_into_fills_every_buffer_and_checks_sizes_first(make_store):
+    store = make_store(slots=8)
+    store.batch_put([b"a", b"b"], [page(1), page(2, 100)])
+    outs = [bytearray(4096), bytearray(100), bytearray(4096)]
+    assert store.batch_get_into([b"a", b"b", b"zzz"], outs) == [True, True, False]
+    assert bytes(outs[0]) == page(1) and bytes(outs[1]) == page(2, 100)
+    before = store.stats()
+    with pytest.raises(BufferSizeError, match=r"outs\[1\] has 4096 bytes but the stored page has 100"):
+        store.batch_get_into([b"a", b"b"], [bytearray(4096), bytearray(4096)])
+    assert store.stats().gets == before.gets  # a refused batch reads and counts nothing
+    with pytest.raises(InvalidKeyError, match="2 keys but 1 buffers"):
+        store.batch_get_into([b"a", b"b"], [bytearray(4096)])
+
+
+def test_a_batch_never_evicts_its_own_blocks(make_store):
+    store = make_store(slots=4)
+    store.put(b"old", page(0))
+    result = store.batch_put([bytes([i]) for i in range(6)], [page(i) for i in range(6)])
+    assert result == [True, True, True, True, False, False]  # "old" evicted, then the tail refused
+    assert [store.contains(bytes([i])) for i in range(6)] == [True] * 4 + [False] * 2
+    assert store.stats().puts_rejected == 2
+
+
+def test_batch_with_a_repeated_key_keeps_the_last_value(make_store):
+    store = make_store(slots=4)
+    assert store.batch_put([b"k", b"k"], [page(1), page(2)]) == [True, True]
+    assert bytes(store.get(b"k")) == page(2)
+    assert store.stats().tier("host").slots_used == 1

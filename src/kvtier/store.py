@@ -166,17 +166,31 @@ class TieredStore:
     # -- batches and prefixes ----------------------------------------------------------------
     def batch_put(self, keys: Sequence[KeyLike], values: Sequence[Any], *,
                   ttl_s: float | None = None, pin: bool = False) -> list[bool]:
-        """``put`` of many blocks; every key and value is checked before any is stored."""
+        """``put`` of many blocks with one lock round trip for the whole batch.
+
+        Every key and value is checked before any is stored. Slots for the whole batch are
+        reserved first, so a batch never evicts its own blocks: if it is larger than what the
+        tier can free, its tail is refused (``False``) rather than its head evicted.
+        """
         keys, values = list(keys), list(values)
         if len(keys) != len(values):
             raise InvalidKeyError(f"batch_put got {len(keys)} keys but {len(values)} values")
-        checked = [(self._key(k), self._value(v)) for k, v in zip(keys, values)]
-        ttl = self._ttl(ttl_s)
-        return [self._put(key, view, ttl, pin) for key, view in checked]
+        checked = [self._key(k) for k in keys]
+        views = [self._value(v) for v in values]
+        return self._put_many(checked, views, self._ttl(ttl_s), pin)
 
     def batch_get(self, keys: Sequence[KeyLike]) -> list[memoryview | None]:
-        """``get`` of many blocks, in order."""
-        return [self._get(key, None) for key in [self._key(k) for k in keys]]
+        """``get`` of many blocks, in order, with one lock round trip for the whole batch."""
+        return self._get_many([self._key(k) for k in keys], None)
+
+    def batch_get_into(self, keys: Sequence[KeyLike], outs: Sequence[Any]) -> list[bool]:
+        """``get_into`` of many blocks: ``outs[i]`` receives the page of ``keys[i]`` (same rules
+        as ``get_into``; every size is checked before anything is copied)."""
+        keys, outs = list(keys), list(outs)
+        if len(keys) != len(outs):
+            raise InvalidKeyError(f"batch_get_into got {len(keys)} keys but {len(outs)} buffers")
+        views = [writable_byte_view(out, f"outs[{i}]") for i, out in enumerate(outs)]
+        return [got is not None for got in self._get_many([self._key(k) for k in keys], views)]
 
     def lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
         """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects)."""
@@ -251,13 +265,11 @@ class TieredStore:
 
     # -- internals ---------------------------------------------------------------------------
     def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
+        # The single-block paths mirror _put_many/_get_many without their list handling,
+        # which costs ~2 us per call: a few % of a 1 MiB copy (docs/BENCHMARKS.md).
         tier, index = self._first_tier, self._first_index
         nbytes = src.nbytes
-        if nbytes > tier.slot_bytes:
-            raise ValueTooLargeError(
-                f"value is {format_size(nbytes)} but {tier.name} slots hold {format_size(tier.slot_bytes)}"
-                f" ({tier.slot_bytes} bytes): raise {tier.name}.slot_bytes or split the page"
-            )
+        _check_fits(tier, nbytes)
         with self._lock:
             self._check_open()
             now = self._clock()
@@ -308,6 +320,89 @@ class TieredStore:
                     self._counters.miss(MissReason.CORRUPT)
                 self._end_copy()
         return dst if ok else None
+
+    def _put_many(self, keys: list[BlockKey], srcs: list[memoryview], ttl_s: float | None,
+                  pin: bool) -> list[bool]:
+        """Reserve every slot under the lock, copy outside it, publish under the lock."""
+        tier, index = self._first_tier, self._first_index
+        for src in srcs:
+            _check_fits(tier, src.nbytes)
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            reservations = [index.reserve(key, src.nbytes, now, pin) for key, src in zip(keys, srcs)]
+            admitted = [r is not None for r in reservations]
+            self._counters.puts += len(keys)
+            self._counters.puts_rejected += admitted.count(False)
+            if not any(admitted):
+                return admitted
+            self._inflight += 1
+        try:
+            checksums = [None if r is None else tier.write(r.location, src)
+                         for r, src in zip(reservations, srcs)]
+        except BaseException:
+            with self._lock:
+                for reservation in reservations:
+                    if reservation is not None:
+                        index.abort(reservation)
+                self._end_copy()
+            raise
+        deadline = None if ttl_s is None else now + ttl_s
+        with self._lock:
+            for key, reservation, src, checksum in zip(keys, reservations, srcs, checksums):
+                if reservation is not None:
+                    index.publish(key, reservation, src.nbytes, deadline, ttl_s, checksum)
+            self._end_copy()
+        return admitted
+
+    def _get_many(self, keys: list[BlockKey], outs: list[memoryview] | None) -> list[memoryview | None]:
+        """Mark every hit as being read under the lock, copy outside it, settle under the lock.
+
+        ``outs`` (for ``get_into``) are checked against the stored sizes before anything is
+        read or counted; without them each hit gets a fresh caller-owned buffer.
+        """
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            found = [self._locate(key, now) for key in keys]
+            if outs is not None:
+                for i, (hit, out) in enumerate(zip(found, outs)):
+                    if hit is not None and out.nbytes != hit[0].nbytes:
+                        raise BufferSizeError(
+                            f"outs[{i}] has {out.nbytes} bytes but the stored page has {hit[0].nbytes}"
+                        )
+            for key, hit in zip(keys, found):
+                if hit is None:
+                    self._counters.miss(self._ghosts.reason(key))
+                else:
+                    hit[1].begin_read(hit[0], now)
+            reading = any(hit is not None for hit in found)
+            if not reading:
+                return [None] * len(keys)
+            self._inflight += 1
+        results: list[memoryview | None] = [None] * len(keys)
+        outcomes: list[bool | None] = [None] * len(keys)  # None: not copied (error or miss)
+        try:
+            for i, hit in enumerate(found):
+                if hit is None:
+                    continue
+                entry, _, tier = hit
+                dst = outs[i] if outs is not None else memoryview(native.alloc_bytearray(entry.nbytes))
+                outcomes[i] = tier.read_into(entry.location, dst, entry.checksum)
+                if outcomes[i]:
+                    results[i] = dst
+        finally:
+            with self._lock:
+                for hit, outcome in zip(found, outcomes):
+                    if hit is None:
+                        continue
+                    hit[1].end_read(hit[0], outcome)
+                    if outcome:
+                        self._counters.hit()
+                    elif outcome is False:
+                        self._counters.miss(MissReason.CORRUPT)
+                self._end_copy()
+        return results
 
     def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:
         """The fastest live copy of ``key``. Caller holds the lock."""
@@ -363,3 +458,11 @@ class TieredStore:
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
             raise InvalidArgumentError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
         return float(ttl_s)
+
+
+def _check_fits(tier: Tier, nbytes: int) -> None:
+    if nbytes > tier.slot_bytes:
+        raise ValueTooLargeError(
+            f"value is {format_size(nbytes)} but {tier.name} slots hold {format_size(tier.slot_bytes)}"
+            f" ({tier.slot_bytes} bytes): raise {tier.name}.slot_bytes or split the page"
+        )
