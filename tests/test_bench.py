@@ -18,7 +18,8 @@ def test_bench_json_at_tiny_size(tmp_path):
     doc = json.loads(out.read_text())
     assert [p["page_bytes"] for p in doc["pages"]] == [64 << 10, 256 << 10]
     for page in doc["pages"]:
-        for name in ("put", "put_ceiling", "get_into", "get", "get_ceiling"):
+        for name in ("put", "put_ceiling", "get_into", "get", "get_ceiling", "batch_put",
+                     "batch_get_into"):
             assert page[name] > 0
         assert page["put_ratio"] == page["put"] / page["put_ceiling"]
     assert doc["native_backend"] in ("native", "python")

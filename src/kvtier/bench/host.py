@@ -15,6 +15,7 @@ from .ceiling import memcpy_bandwidth, prefaulted, timed_ops
 from .metadata import MetadataResult, run_metadata_bench
 
 DEFAULT_PAGE_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
+BATCH = 16  # pages per batch_put / batch_get_into call
 BENCH_NAMESPACE = Namespace(model="kvtier-bench")
 
 
@@ -49,6 +50,8 @@ class PageResult:
     get_into: float
     get: float
     get_ceiling: float
+    batch_put: float       # batch_put of BATCH pages per call
+    batch_get_into: float  # batch_get_into of BATCH pages per call
 
     @property
     def put_ratio(self) -> float:
@@ -61,6 +64,14 @@ class PageResult:
     @property
     def get_ratio(self) -> float:
         return self.get / self.get_ceiling
+
+    @property
+    def batch_put_ratio(self) -> float:
+        return self.batch_put / self.put_ceiling
+
+    @property
+    def batch_get_into_ratio(self) -> float:
+        return self.batch_get_into / self.get_ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +87,8 @@ class HostBenchResult:
         doc = asdict(self)
         for page, result in zip(doc["pages"], self.pages):
             page.update(put_ratio=result.put_ratio, get_into_ratio=result.get_into_ratio,
-                        get_ratio=result.get_ratio)
+                        get_ratio=result.get_ratio, batch_put_ratio=result.batch_put_ratio,
+                        batch_get_into_ratio=result.batch_get_into_ratio, batch=BATCH)
         return doc
 
 
@@ -112,10 +124,17 @@ def _bench_page_size(size: int, s: HostBenchSettings, progress: Callable[[str], 
     region = prefaulted(slots * size)
     host = HostTierConfig(capacity_bytes=slots * size, slot_bytes=size, prefault=True)
     keys = BENCH_NAMESPACE.prefix_keys(range(2 * slots), 1)  # BlockKeys, as engines pass them
-    best = dict.fromkeys(("put", "put_ceiling", "get_into", "get", "get_ceiling"), 0.0)
+    best = dict.fromkeys(("put", "put_ceiling", "get_into", "get", "get_ceiling", "batch_put",
+                          "batch_get_into"), 0.0)
+    batch = min(BATCH, max(1, slots // 2))
+    batch_pages = [pages[0]] * batch
 
-    def keep(name: str, ops: int, elapsed: float) -> None:
-        best[name] = max(best[name], ops * size / elapsed)
+    def keep(name: str, ops: int, elapsed: float, pages_per_op: int = 1) -> None:
+        best[name] = max(best[name], ops * pages_per_op * size / elapsed)
+
+    def key_batch(source: list[BlockKey], i: int) -> list[BlockKey]:
+        start = (i * batch) % (len(source) - batch + 1)
+        return source[start:start + batch]
 
     with TieredStore(StoreConfig(host=host)) as store:
         for i in range(2 * slots):  # reach the steady state: full tier, evicting on every put
@@ -131,6 +150,12 @@ def _bench_page_size(size: int, s: HostBenchSettings, progress: Callable[[str], 
             keep("get_into", *timed_ops(
                 lambda i: store.get_into(resident[i % len(resident)], pages[0]), s.seconds, min_ops))
             keep("get", *timed_ops(lambda i: store.get(resident[i % len(resident)]), s.seconds, min_ops))
+            keep("batch_put", *timed_ops(lambda i: store.batch_put(key_batch(keys, i), batch_pages),
+                                         s.seconds, max(1, min_ops // batch)), batch)
+            resident = _resident_keys(store, keys)
+            keep("batch_get_into", *timed_ops(  # into the one hot page, as the ceiling copies
+                lambda i: store.batch_get_into(key_batch(resident, i), batch_pages), s.seconds,
+                max(1, min_ops // batch)), batch)
         progress(f"{size >> 10} KiB pages")
     region.release()
     return PageResult(size, **best)

@@ -76,6 +76,10 @@ def _print_host_table(result: HostBenchResult) -> None:
         ("memcpy out of arena", lambda p: _gbs(p.get_ceiling)),
         ("get_into / memcpy", lambda p: f"{p.get_into_ratio:.0%}"),
         ("get / memcpy", lambda p: f"{p.get_ratio:.0%}"),
+        ("batch_put ×16", lambda p: _gbs(p.batch_put)),
+        ("batch_put ×16 / memcpy", lambda p: f"{p.batch_put_ratio:.0%}"),
+        ("batch_get_into ×16", lambda p: _gbs(p.batch_get_into)),
+        ("batch_get_into ×16 / memcpy", lambda p: f"{p.batch_get_into_ratio:.0%}"),
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(page) for page in result.pages))
