@@ -18,7 +18,7 @@ def map_anonymous(nbytes: int, *, prefault: bool) -> mmap.mmap:
     """Page-aligned anonymous memory, backed by transparent huge pages where the kernel allows.
 
     The huge-page advice must come before the first touch (advice given after ``MAP_POPULATE``
-    leaves 4 KiB pages: measured ~15 % slower copies). ``prefault`` then touches every page.
+    leaves 4 KiB pages, and copies are slower). ``prefault`` then touches every page.
     """
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
