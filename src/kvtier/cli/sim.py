@@ -134,8 +134,11 @@ def sim(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     plot: Optional[str] = typer.Option(None, help="Write a PNG: hit rate vs capacity and the cost breakdown."),
 ) -> None:
-    """Replay a serving trace through kvtier's policies: logical vs physical hit rate, misses
-    by reason, prefill and GPU time saved, and the bill at the given prices."""
+    """Replay a serving trace through kvtier's policies: hit rates, misses, prefill and dollars saved.
+
+    Reports the logical (infinite cache) vs physical hit rate, misses by reason and tier, prefill
+    tokens and GPU-seconds saved, and the input-token bill at the given prices (docs/sim.md).
+    """
     if refresh not in ("write", "read"):
         raise typer.BadParameter(f"--refresh must be write or read, got {refresh!r}")
     try:
