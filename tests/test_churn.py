@@ -28,5 +28,7 @@ def test_rss_flat_over_put_evict_cycles_at_a_full_tier():
     grown = _rss_bytes() - baseline
     stats = store.stats().tier("host")
     assert stats.slots_used <= 2048 and stats.evictions > cycles // 2
-    assert abs(grown) <= 0.05 * baseline, f"RSS moved by {grown} bytes over {cycles} cycles"
+    # An absolute bound: a leak of even 40 bytes per cycle (2.4 MB) fails, whatever else the
+    # process (numpy, torch, the 32 MiB arena) holds. Measured growth is ~0.3 MiB.
+    assert grown <= 2 * 2**20, f"RSS grew by {grown} bytes over {cycles} cycles"
     store.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conftest import FakeClock
 from kvtier import HostTierConfig, MissReason, StoreConfig, TieredStore
