@@ -202,9 +202,10 @@ def _print_sim(source: str, variants: list[Variant], results: list[SimResult], p
     first = results[0]
     cfg = first.config
     console = Console()
-    console.print(f"[bold]{source}[/]: {first.requests:,} requests, {first.block_refs:,} block refs of "
-                  f"{first.block_tokens} tokens ({format_size(first.block_bytes)} of {cfg.model.name} KV each), "
-                  f"logical hit rate {first.logical_hit_rate:.1%}")
+    console.print(f"[bold]{source}[/]", soft_wrap=True)
+    console.print(f"logical hit rate {first.logical_hit_rate:.1%}: {first.requests:,} requests, "
+                  f"{first.block_refs:,} block refs of {first.block_tokens} tokens "
+                  f"({format_size(first.block_bytes)} of {cfg.model.name} KV each)")
     table = Table(title="tiers: " + " → ".join(f"{t.name} {format_size(t.capacity_bytes)}" for t in cfg.tiers))
     table.add_column("policy, first-tier window")
     for variant in variants:
