@@ -24,6 +24,8 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 POLICIES = ("lru", "ttl")
 REFRESH_MODES = ("write", "read")
+FSYNC_MODES = ("always", "batch", "never")
+WRITE_MODES = ("write_back", "write_through")
 # Environment variables that are not config fields but are read elsewhere.
 _OTHER_ENV = {"KVTIER_NATIVE"}
 
@@ -115,11 +117,82 @@ class HostTierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskTierConfig:
+    """The NVMe disk tier: fixed-size slot files plus a durable LMDB index (see docs/ARCHITECTURE.md).
+
+    Args:
+        paths: one or more directories (one per drive); slots are striped across them. The
+            first also holds the LMDB index. Created if missing. Strings or a comma-separated
+            string (``"/nvme0/kv,/nvme1/kv"``).
+        capacity_bytes: total page capacity across all paths, rounded down to whole slots.
+            Files are sparse: space is taken as slots are first written.
+        slot_bytes: the largest page the tier stores; ``0`` (default) means the host tier's.
+        min_free_bytes: free-space floor per filesystem; the tier stops taking new slots (and
+            evicts by policy instead) when a write would leave less free space than this.
+        direct_io: read and write with ``O_DIRECT`` (no page cache). Filesystems that refuse it
+            (tmpfs) fall back to buffered I/O, shown in ``stats()`` as ``direct_io=False``.
+        fsync: ``"always"``: every put/batch is on stable storage (data ``fdatasync``, then a
+            synced index commit) before it returns; ``"batch"``: data is written before its index
+            entry is committed, and both are flushed to stable storage every ``sync_interval_s``
+            and at close (a killed *process* loses nothing; a power cut loses at most that
+            interval, and a page written but not flushed then reads as ``corrupt``, never as
+            wrong bytes); ``"never"``: no flushes at all (scratch directories, tests).
+        sync_interval_s: the flush period of ``fsync="batch"``.
+        io_threads: threads for concurrent disk I/O (0: automatic).
+        write_mode: ``"write_back"``: a page reaches disk when the host tier evicts it;
+            ``"write_through"``: every put is also written to disk before it returns.
+        promote_on_read: a disk hit is also copied into the host tier (the disk copy stays, so
+            evicting it again costs no write).
+        flush_on_close: ``close()`` first writes every page that is only in the host tier to
+            disk, so a clean shutdown and restart lose nothing.
+        namespace: a label of what this directory caches (e.g. ``Namespace(...).digest.hex()``
+            or ``"llama-3-8b@rev1"``); a directory created with one label refuses to open with
+            another. Empty: not checked.
+    """
+
+    paths: tuple[str, ...] = ()
+    capacity_bytes: int = 64 * GiB
+    slot_bytes: int = 0
+    min_free_bytes: int = 1 * GiB
+    direct_io: bool = True
+    fsync: str = "batch"
+    sync_interval_s: float = 1.0
+    io_threads: int = 0
+    write_mode: str = "write_back"
+    promote_on_read: bool = True
+    flush_on_close: bool = True
+    namespace: str = ""
+
+    def __post_init__(self) -> None:
+        _set_sizes(self, ("capacity_bytes", "slot_bytes", "min_free_bytes"))
+        paths = self.paths
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [p for p in str(paths).split(",") if p.strip()]
+        paths = tuple(str(Path(p).expanduser()) for p in paths)
+        object.__setattr__(self, "paths", paths)
+        if not paths:
+            raise ConfigError("disk.paths must name at least one directory")
+        if len(set(paths)) != len(paths):
+            raise ConfigError(f"disk.paths has duplicates: {list(paths)}")
+        if self.slot_bytes < 0 or self.min_free_bytes < 0 or self.io_threads < 0:
+            raise ConfigError("disk.slot_bytes, disk.min_free_bytes and disk.io_threads must be >= 0")
+        if self.fsync not in FSYNC_MODES:
+            raise ConfigError(f"disk.fsync must be one of {FSYNC_MODES}, got {self.fsync!r}")
+        if self.write_mode not in WRITE_MODES:
+            raise ConfigError(f"disk.write_mode must be one of {WRITE_MODES}, got {self.write_mode!r}")
+        if not self.sync_interval_s > 0:
+            raise ConfigError(f"disk.sync_interval_s must be > 0, got {self.sync_interval_s!r}")
+        if self.capacity_bytes <= 0:
+            raise ConfigError(f"disk.capacity_bytes must be > 0, got {self.capacity_bytes}")
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     """Configuration of a ``TieredStore``.
 
     Args:
         host: the host DRAM tier (the first tier a put lands in).
+        disk: the NVMe tier behind it (``None``: no disk tier).
         policy: eviction order within a tier: ``"lru"`` (least recently used first) or ``"ttl"``
             (earliest deadline first, like providers' cache windows).
         ttl_s: default cache window in seconds for every put (``None``: no expiry). A put's own
@@ -135,6 +208,7 @@ class StoreConfig:
     """
 
     host: HostTierConfig = field(default_factory=HostTierConfig)
+    disk: DiskTierConfig | None = None
     policy: str = "lru"
     ttl_s: float | None = None
     ttl_refresh: str = "write"
@@ -146,6 +220,17 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.host, HostTierConfig):
             raise ConfigError(f"host must be a HostTierConfig, got {type(self.host).__name__}")
+        if self.disk is not None:
+            if not isinstance(self.disk, DiskTierConfig):
+                raise ConfigError(f"disk must be a DiskTierConfig or None, got {type(self.disk).__name__}")
+            if self.disk.slot_bytes == 0:
+                object.__setattr__(self, "disk", dataclasses.replace(self.disk, slot_bytes=self.host.slot_bytes))
+            if self.disk.slot_bytes < self.host.slot_bytes:
+                raise ConfigError(
+                    f"disk.slot_bytes ({self.disk.slot_bytes}) must be >= host.slot_bytes "
+                    f"({self.host.slot_bytes}): every host page must fit a disk slot")
+            if self.disk.capacity_bytes < self.disk.slot_bytes:
+                raise ConfigError("disk.capacity_bytes must hold at least one slot")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.ttl_refresh not in REFRESH_MODES:
@@ -167,7 +252,7 @@ class StoreConfig:
         Unknown keys raise ``ConfigError`` naming the accepted ones.
         """
         values = dict(values)
-        tiers = {"host": HostTierConfig}
+        tiers = {"host": HostTierConfig, "disk": DiskTierConfig}
         kwargs: dict[str, Any] = {}
         for name, tier_cls in tiers.items():
             if name in values:
@@ -193,7 +278,7 @@ class StoreConfig:
         environ = os.environ if environ is None else environ
         nested: dict[str, Any] = {}
         known: set[str] = set(_OTHER_ENV)
-        sections = {"host": HostTierConfig}
+        sections = {"host": HostTierConfig, "disk": DiskTierConfig}
         for f in dataclasses.fields(cls):
             if f.name in sections:
                 continue

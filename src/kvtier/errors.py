@@ -45,3 +45,7 @@ class ReadOnlyBufferError(KvtierError, ValueError):
 
 class StoreClosedError(KvtierError, RuntimeError):
     """The store was used after ``close()``."""
+
+
+class TierInUseError(KvtierError, RuntimeError):
+    """A persistent tier's directory is already open in another process (or store)."""

@@ -22,13 +22,22 @@ class SlotAllocator:
     from a counter, so a simulated multi-TiB tier costs nothing up front.
     """
 
-    __slots__ = ("slot_bytes", "slot_count", "_free", "_next")
+    __slots__ = ("slot_bytes", "slot_count", "can_grow", "_free", "_next")
 
-    def __init__(self, slot_count: int, slot_bytes: int) -> None:
+    def __init__(self, slot_count: int, slot_bytes: int,
+                 can_grow: Callable[[], bool] | None = None) -> None:
+        """``can_grow()`` is asked before a never-used slot is handed out (a disk tier's
+        free-space floor); reused slots need no new space."""
         self.slot_count = slot_count
         self.slot_bytes = slot_bytes
+        self.can_grow = can_grow
         self._free: list[int] = []
         self._next = 0  # slots below this were handed out at least once
+
+    def restore(self, used: set[int]) -> None:
+        """Start from a set of occupied slots (a reopened persistent tier)."""
+        self._next = max(used) + 1 if used else 0
+        self._free = [slot for slot in range(self._next - 1, -1, -1) if slot not in used]
 
     def charge(self, nbytes: int) -> int:
         """Capacity a block of ``nbytes`` consumes."""
@@ -37,7 +46,7 @@ class SlotAllocator:
     def allocate(self, nbytes: int) -> int | None:
         if self._free:
             return self._free.pop()
-        if self._next < self.slot_count:
+        if self._next < self.slot_count and (self.can_grow is None or self.can_grow()):
             self._next += 1
             return self._next - 1
         return None
@@ -52,6 +61,11 @@ class SlotAllocator:
     @property
     def used(self) -> int:
         return self._next - len(self._free)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots a reservation could take without evicting (ignoring ``can_grow``)."""
+        return self.slot_count - self.used
 
 
 class GhostList:
@@ -125,12 +139,16 @@ class TierIndex:
 
     def __init__(self, name: str, allocator: SlotAllocator, policy: EvictionPolicy,
                  ghosts: GhostList, *, max_pinned_bytes: int, refresh_on_read: bool,
-                 on_drop: Callable[[Entry, MissReason], None] | None = None) -> None:
+                 on_drop: Callable[[Entry, MissReason], None] | None = None,
+                 on_remove: Callable[[Entry], None] | None = None) -> None:
         """``on_drop(entry, reason)`` runs when an entry is evicted or expires (not when it is
         replaced, removed on request or found corrupt): the hook a multi-tier owner uses to
-        demote the block to the next tier. It runs before the entry's location is freed."""
+        demote the block to the next tier. ``on_remove(entry)`` runs for every entry that
+        leaves the index for any reason (a persistent tier deletes its record there). Both run
+        before the entry's location is freed."""
         self.name = name
         self.on_drop = on_drop
+        self.on_remove = on_remove
         self.allocator = allocator
         self.policy = policy
         self.ghosts = ghosts
@@ -228,6 +246,48 @@ class TierIndex:
                 self._expiry.set(key, deadline)
         self.ghosts.discard(key)
 
+    def restore(self, entries: list[Entry]) -> None:
+        """Load the entries of a reopened persistent tier, least recently used first."""
+        for entry in entries:
+            self.entries[entry.key] = entry
+            self.used_bytes += entry.nbytes
+            self.policy.admit(entry.key, entry.deadline)
+            if entry.deadline is not None:
+                self._expiry.set(entry.key, entry.deadline)
+        self.allocator.restore({entry.location for entry in entries})
+
+    def take_victims(self, count: int) -> list[Entry]:
+        """Up to ``count`` entries that ``reserve`` would evict next, held for demotion.
+
+        Each returned entry stays live and readable but leaves the policy and gains a reader
+        (so its location cannot be reused); finish with ``release_victim``.
+        """
+        taken: list[Entry] = []
+        skipped: list[Entry] = []
+        while len(taken) < count:
+            key = self.policy.victim()
+            if key is None:
+                break
+            entry = self.entries[key]
+            self.policy.forget(key)
+            (skipped if entry.readers else taken).append(entry)
+        for entry in skipped:
+            self.policy.admit(entry.key, entry.deadline)
+        for entry in taken:
+            entry.readers += 1
+        return taken
+
+    def release_victim(self, entry: Entry, demoted: bool) -> None:
+        """End a ``take_victims`` hold: drop the entry if it was copied to the next tier (no
+        ghost: the block still exists there), else make it evictable again."""
+        if entry.live and not entry.pinned:
+            if demoted:
+                self._drop(entry, None)
+                self.evictions += 1
+            else:
+                self.policy.admit(entry.key, entry.deadline)
+        self.end_read(entry, None)
+
     def abort(self, reservation: Reservation) -> None:
         """Give back a reservation whose write failed."""
         self.allocator.free(reservation.location)
@@ -279,6 +339,8 @@ class TierIndex:
 
     def _drop(self, entry: Entry, reason: MissReason | None) -> None:
         """Forget an entry; its location is freed now, or by the last reader's ``end_read``."""
+        if self.on_remove is not None:
+            self.on_remove(entry)
         del self.entries[entry.key]
         entry.live = False
         self.used_bytes -= entry.nbytes

@@ -34,6 +34,7 @@ class TierStats:
     pinned_bytes: int
     evictions: int
     expirations: int
+    extra: dict = field(default_factory=dict)  # tier-specific, e.g. disk: direct_io, io_errors
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ after, so no reader ever sees a torn or reused page.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,11 +19,13 @@ from .buffers import byte_view, writable_byte_view
 from .config import StoreConfig, format_size
 from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, InvalidKeyError,
                      StoreClosedError, UnsupportedValueError, ValueTooLargeError)
-from .index import Entry, GhostList, SlotAllocator, TierIndex
+from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
 from .keys import DEFAULT_NAMESPACE, BlockKey
 from .metrics import MissReason, StoreCounters, StoreStats, TierStats
 from .policy import make_policy
-from .tiers import HostArena, Tier
+from .tiers import DiskTier, HostArena, Tier
+from .tiers.disk_index import DiskRecord
+from .tiers.pageformat import CODEC_NONE
 
 KeyLike = BlockKey | bytes
 
@@ -58,20 +61,55 @@ class TieredStore:
         if config.copy_threads:
             native.set_copy_threads(config.copy_threads)
         self._tiers: list[tuple[Tier, TierIndex]] = []
-        for tier in self._open_tiers(config):
-            allocator = SlotAllocator(tier.slot_count, tier.slot_bytes)
-            index = TierIndex(
-                tier.name, allocator, make_policy(config.policy), self._ghosts,
-                max_pinned_bytes=int(allocator.capacity_bytes * config.max_pinned_fraction),
-                refresh_on_read=config.ttl_refresh == "read",
-            )
-            self._tiers.append((tier, index))
+        self._disk: DiskTier | None = None
+        self._disk_index: TierIndex | None = None
+        self._disk_reads: dict[BlockKey, float] = {}  # key -> wall time of its last disk hit
+        try:
+            for tier in self._open_tiers(config):
+                self._add_tier(tier)
+        except BaseException:
+            for tier, _ in self._tiers:
+                tier.close()
+            raise
         self._first_tier, self._first_index = self._tiers[0]
 
     @staticmethod
     def _open_tiers(config: StoreConfig) -> list[Tier]:
         """The configured tiers, fastest first."""
-        return [HostArena(config.host)]
+        tiers: list[Tier] = [HostArena(config.host)]
+        if config.disk is not None:
+            try:
+                tiers.append(DiskTier(config.disk))
+            except BaseException:
+                tiers[0].close()
+                raise
+        return tiers
+
+    def _add_tier(self, tier: Tier) -> None:
+        config = self.config
+        persistent = isinstance(tier, DiskTier)
+        allocator = SlotAllocator(tier.slot_count, tier.slot_bytes,
+                                  can_grow=tier.has_room if persistent else None)
+        index = TierIndex(
+            tier.name, allocator, make_policy(config.policy), self._ghosts,
+            max_pinned_bytes=int(allocator.capacity_bytes * config.max_pinned_fraction),
+            refresh_on_read=config.ttl_refresh == "read",
+            on_remove=(lambda entry: tier.forget(entry.key)) if persistent else None,
+        )
+        if persistent:
+            self._disk, self._disk_index = tier, index
+            index.restore(self._restored_entries(tier))
+        self._tiers.append((tier, index))
+
+    def _restored_entries(self, tier: DiskTier) -> list[Entry]:
+        """The disk tier's committed pages as index entries, least recently used first."""
+        mono, wall = self._clock(), time.time()
+        entries = []
+        for key, record in sorted(tier.restore(), key=lambda item: item[1].last_access):
+            deadline = None if record.deadline is None else mono + (record.deadline - wall)
+            entries.append(Entry(key, record.slot, record.raw_len, tier.slot_bytes, deadline,
+                                 record.ttl_s, False, record.checksum))
+        return entries
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "TieredStore":
@@ -81,15 +119,23 @@ class TieredStore:
         self.close()
 
     def close(self) -> None:
-        """Finish queued async operations, wait for copies in flight, release every tier."""
+        """Finish queued async operations, wait for copies in flight, write host-only pages
+        back to disk (``disk.flush_on_close``), release every tier."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._disk is not None and self.config.disk.flush_on_close and not self._closed:
+            try:
+                self.flush()
+            except StoreClosedError:
+                pass
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             while self._inflight:
                 self._idle.wait()
+        if self._disk is not None:
+            self._save_disk_access_times()
         for tier, _ in self._tiers:
             tier.close()
 
@@ -237,7 +283,7 @@ class TieredStore:
         with self._lock:
             now = self._clock()
             tiers = []
-            for _, index in self._tiers:
+            for tier, index in self._tiers:
                 if not self._closed:
                     index.reclaim_expired(now)
                 alloc = index.allocator
@@ -247,12 +293,51 @@ class TieredStore:
                     capacity_bytes=alloc.capacity_bytes, slots_used=alloc.used,
                     slots_total=alloc.slot_count, entries=len(index.entries),
                     pinned_bytes=index.pinned_bytes, evictions=index.evictions,
-                    expirations=index.expirations,
+                    expirations=index.expirations, extra=tier.stats_extra(),
                 ))
             c = self._counters
             return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
                               gets=c.gets, hits=c.hits, misses=dict(c.misses),
                               native_backend=native.backend)
+
+    def flush(self) -> int:
+        """Write every page that is only in the host tier to disk (a checkpoint: a restart then
+        serves them); returns how many pages were written. ``0`` without a disk tier."""
+        if self._disk is None:
+            return 0
+        written = 0
+        while True:
+            with self._lock:
+                self._check_open()
+                on_disk = self._disk_index.entries
+                held = [e for e in self._first_index.entries.values() if e.key not in on_disk]
+                held = held[:_COPY_DOWN_BATCH]
+                for entry in held:
+                    entry.readers += 1
+            if not held:
+                return written
+            stored = self._copy_down(held, demote=False)
+            written += stored
+            if stored == 0:  # the disk admits nothing more (full of pins, or failing)
+                return written
+
+    def prefetch(self, keys: Sequence[KeyLike]) -> "Future[int]":
+        """Warm the host tier with whichever of ``keys`` are only on disk, on a worker thread;
+        the future gives how many pages were brought up. Not counted as reads in ``stats``."""
+        checked = [self._key(k) for k in keys]
+        return self._submit(self._prefetch, checked)
+
+    def _prefetch(self, keys: list[BlockKey]) -> int:
+        if self._disk is None:
+            return 0
+        with self._lock:
+            self._check_open()
+            host = self._first_index.entries
+            lower = [k for k in keys if k not in host and k in self._disk_index.entries]
+        if not lower:
+            return 0
+        got = self._get_many(lower, None, count=False, promote=True)
+        return sum(view is not None for view in got)
 
     def miss_reason(self, key: KeyLike) -> MissReason | None:
         """Why ``key`` would miss now (``None`` if it would hit); not counted as a read."""
@@ -270,6 +355,8 @@ class TieredStore:
         tier, index = self._first_tier, self._first_index
         nbytes = src.nbytes
         _check_fits(tier, nbytes)
+        if self._disk is not None and not index.allocator.free_slots:
+            self._make_room(1)
         with self._lock:
             self._check_open()
             now = self._clock()
@@ -289,7 +376,10 @@ class TieredStore:
         with self._lock:
             index.publish(key, reservation, nbytes, None if ttl_s is None else now + ttl_s,
                           ttl_s, checksum)
+            through = self._after_publish([key])
             self._end_copy()
+        if through:
+            self._copy_down(through, demote=False)
         return True
 
     def _get(self, key: BlockKey, out: memoryview | None) -> memoryview | None:
@@ -301,12 +391,18 @@ class TieredStore:
                 self._counters.miss(self._ghosts.reason(key))
                 return None
             entry, index, tier = found[0], found[1], found[2]
-            if out is not None and out.nbytes != entry.nbytes:
+            if tier is not self._first_tier:
+                slow = True
+            elif out is not None and out.nbytes != entry.nbytes:
                 raise BufferSizeError(
                     f"out has {out.nbytes} bytes but the stored page has {entry.nbytes}"
                 )
-            index.begin_read(entry, now)
-            self._inflight += 1
+            else:
+                slow = False
+                index.begin_read(entry, now)
+                self._inflight += 1
+        if slow:  # a lower tier holds it: the batch path reads (and promotes) it
+            return self._get_many([key], None if out is None else [out])[0]
         ok: bool | None = None  # None: the copy raised, which says nothing about the page
         try:
             dst = out if out is not None else memoryview(native.alloc_bytearray(entry.nbytes))
@@ -327,6 +423,8 @@ class TieredStore:
         tier, index = self._first_tier, self._first_index
         for src in srcs:
             _check_fits(tier, src.nbytes)
+        if self._disk is not None and index.allocator.free_slots < len(keys):
+            self._make_room(len(keys))
         with self._lock:
             self._check_open()
             now = self._clock()
@@ -352,10 +450,14 @@ class TieredStore:
             for key, reservation, src, checksum in zip(keys, reservations, srcs, checksums):
                 if reservation is not None:
                     index.publish(key, reservation, src.nbytes, deadline, ttl_s, checksum)
+            through = self._after_publish([k for k, ok in zip(keys, admitted) if ok])
             self._end_copy()
+        if through:
+            self._copy_down(through, demote=False)
         return admitted
 
-    def _get_many(self, keys: list[BlockKey], outs: list[memoryview] | None) -> list[memoryview | None]:
+    def _get_many(self, keys: list[BlockKey], outs: list[memoryview] | None, *,
+                  count: bool = True, promote: bool | None = None) -> list[memoryview | None]:
         """Mark every hit as being read under the lock, copy outside it, settle under the lock.
 
         ``outs`` (for ``get_into``) are checked against the stored sizes before anything is
@@ -373,7 +475,8 @@ class TieredStore:
                         )
             for key, hit in zip(keys, found):
                 if hit is None:
-                    self._counters.miss(self._ghosts.reason(key))
+                    if count:
+                        self._counters.miss(self._ghosts.reason(key))
                 else:
                     hit[1].begin_read(hit[0], now)
             reading = any(hit is not None for hit in found)
@@ -382,27 +485,185 @@ class TieredStore:
             self._inflight += 1
         results: list[memoryview | None] = [None] * len(keys)
         outcomes: list[bool | None] = [None] * len(keys)  # None: not copied (error or miss)
+        lower: list[int] = []  # positions of hits in the disk tier, read as one batch
         try:
             for i, hit in enumerate(found):
                 if hit is None:
                     continue
                 entry, _, tier = hit
+                if tier is not self._first_tier:
+                    lower.append(i)
+                    continue
                 dst = outs[i] if outs is not None else memoryview(native.alloc_bytearray(entry.nbytes))
                 outcomes[i] = tier.read_into(entry.location, dst, entry.checksum)
                 if outcomes[i]:
                     results[i] = dst
+            if lower:
+                self._read_disk(lower, found, outs, outcomes, results)
         finally:
             with self._lock:
                 for hit, outcome in zip(found, outcomes):
                     if hit is None:
                         continue
                     hit[1].end_read(hit[0], outcome)
-                    if outcome:
+                    if not count:
+                        pass
+                    elif outcome:
                         self._counters.hit()
                     elif outcome is False:
                         self._counters.miss(MissReason.CORRUPT)
                 self._end_copy()
+        if lower and (promote if promote is not None else self.config.disk.promote_on_read):
+            self._promote([(keys[i], results[i], found[i][0]) for i in lower if outcomes[i]])
         return results
+
+    def _read_disk(self, positions: list[int], found: list, outs: list[memoryview] | None,
+                   outcomes: list[bool | None], results: list[memoryview | None]) -> None:
+        """Read the disk hits at ``positions`` in one batch (into aligned fresh buffers when
+        the caller gave none, so O_DIRECT lands in them without a bounce)."""
+        entries = [found[i][0] for i in positions]
+        dsts = [outs[i] if outs is not None else _aligned_buffer(e.nbytes)
+                for i, e in zip(positions, entries)]
+        ok = self._disk.read_many([e.location for e in entries], [e.key for e in entries], dsts,
+                                  [e.checksum for e in entries])
+        wall = time.time()
+        for i, entry, dst, good in zip(positions, entries, dsts, ok):
+            outcomes[i] = good
+            if good:
+                results[i] = dst
+                self._disk_reads[entry.key] = wall
+
+    # -- moving pages between host and disk --------------------------------------------------
+    def _after_publish(self, keys: list[BlockKey]) -> list[Entry]:
+        """After new versions of ``keys`` landed in the host tier (lock held): drop their
+        older disk copies, and hold the host entries that ``write_through`` must copy down."""
+        if self._disk_index is None:
+            return []
+        disk = self._disk_index
+        for key in keys:
+            if key in disk.entries:
+                disk.remove(key, None)
+        if self.config.disk.write_mode != "write_through":
+            return []
+        held = []
+        for key in keys:
+            entry = self._first_index.entries.get(key)
+            if entry is not None:
+                entry.readers += 1
+                held.append(entry)
+        return held
+
+    def _make_room(self, count: int) -> None:
+        """Write-back: demote host victims to disk until ``count`` host slots are free."""
+        with self._lock:
+            self._check_open()
+            index = self._first_index
+            index.reclaim_expired(self._clock())
+            victims = index.take_victims(count - index.allocator.free_slots)
+        if victims:
+            self._copy_down(victims, demote=True)
+
+    def _copy_down(self, held: list[Entry], *, demote: bool) -> int:
+        """Write held host entries to disk: data first, index record after. ``demote`` entries
+        came from ``take_victims`` and leave the host tier once stored (or go back to its policy
+        if the disk refused them); others stay and just lose their hold. Returns how many pages
+        the disk now holds (written, or already there)."""
+        host, hindex = self._first_tier, self._first_index
+        disk, dindex = self._disk, self._disk_index
+        with self._lock:
+            now = self._clock()
+            plan: list[tuple[Entry, Reservation | None]] = []
+            for entry in held:
+                if entry.key in dindex.entries:
+                    plan.append((entry, None))  # clean: the disk already has this version
+                else:
+                    plan.append((entry, dindex.reserve(entry.key, entry.nbytes, now, False)))
+            self._inflight += 1
+        todo = [(e, r) for e, r in plan if r is not None]
+        ok: list[bool] = []
+        checksums: list[int] = []
+        try:
+            views = [host.slot_view(e.location, e.nbytes) for e, _ in todo]
+            checksums = [e.checksum if e.checksum is not None else native.checksum(v)
+                         for (e, _), v in zip(todo, views)]
+            if todo:
+                ok = disk.write_many([r.location for _, r in todo], [e.key for e, _ in todo],
+                                     views, checksums)
+        finally:
+            with self._lock:
+                now, wall = self._clock(), time.time()
+                stored = {id(e) for e, r in plan if r is None and e.key in dindex.entries}
+                records = []
+                for i, (entry, reservation) in enumerate(todo):
+                    if i < len(ok) and ok[i] and entry.live:
+                        dindex.publish(entry.key, reservation, entry.nbytes, entry.deadline,
+                                       entry.ttl_s, checksums[i])
+                        records.append((bytes(entry.key), _record(
+                            reservation.location, entry.nbytes, checksums[i], entry.deadline,
+                            entry.ttl_s, now, wall)))
+                        stored.add(id(entry))
+                    else:
+                        dindex.abort(reservation)
+                if records:
+                    disk.commit(records)
+                for entry in held:
+                    if demote:
+                        hindex.release_victim(entry, id(entry) in stored)
+                    else:
+                        hindex.end_read(entry, None)
+                self._end_copy()
+        return len(stored)
+
+    def _promote(self, items: list[tuple[BlockKey, memoryview, Entry]]) -> None:
+        """Copy pages just read from disk into the host tier (the disk copy stays)."""
+        if not items:
+            return
+        host, hindex = self._first_tier, self._first_index
+        try:
+            self._make_room(len(items))
+        except StoreClosedError:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock()
+            plan = []
+            for key, view, disk_entry in items:
+                if key in hindex.entries or not disk_entry.live:
+                    continue  # a newer version arrived meanwhile, or the disk copy is gone
+                reservation = hindex.reserve(key, view.nbytes, now, False)
+                if reservation is not None:
+                    plan.append((key, view, disk_entry, reservation))
+            if not plan:
+                return
+            self._inflight += 1
+        checksums: list[int | None] = []
+        try:
+            checksums = [host.write(r.location, view) for _, view, _, r in plan]
+        finally:
+            with self._lock:
+                for i, (key, view, disk_entry, reservation) in enumerate(plan):
+                    if i >= len(checksums) or key in hindex.entries or not disk_entry.live:
+                        hindex.abort(reservation)
+                    else:
+                        hindex.publish(key, reservation, view.nbytes, disk_entry.deadline,
+                                       disk_entry.ttl_s, checksums[i])
+                self._end_copy()
+
+    def _save_disk_access_times(self) -> None:
+        """Persist last-access times and (read-refreshed) deadlines of disk pages read."""
+        mono, wall = self._clock(), time.time()
+        entries = self._disk_index.entries
+        times = {}
+        for key, last in self._disk_reads.items():
+            entry = entries.get(key)
+            if entry is not None:
+                deadline = None if entry.deadline is None else wall + (entry.deadline - mono)
+                times[bytes(key)] = (last, deadline)
+        try:
+            self._disk.touch_many(times)
+        except Exception:  # best effort: the older times stay valid
+            pass
 
     def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:
         """The fastest live copy of ``key``. Caller holds the lock."""
@@ -458,6 +719,21 @@ class TieredStore:
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
             raise InvalidArgumentError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
         return float(ttl_s)
+
+
+_COPY_DOWN_BATCH = 64  # pages per flush() write batch
+
+
+def _record(slot: int, nbytes: int, checksum: int, deadline: float | None, ttl_s: float | None,
+            now: float, wall: float) -> DiskRecord:
+    """The durable index record of a page written to ``slot`` (deadline converted to wall time)."""
+    return DiskRecord(slot, nbytes, nbytes, checksum, CODEC_NONE, wall, wall,
+                      None if deadline is None else wall + (deadline - now), ttl_s)
+
+
+def _aligned_buffer(nbytes: int) -> memoryview:
+    """A fresh, caller-owned, page-aligned buffer (O_DIRECT reads land in it directly)."""
+    return memoryview(mmap.mmap(-1, nbytes))
 
 
 def _check_fits(tier: Tier, nbytes: int) -> None:

@@ -35,5 +35,8 @@ class Tier(Protocol):
     def read_into(self, slot: int, dst: memoryview, checksum: int | None) -> bool:
         """Copy ``len(dst)`` bytes of ``slot`` into ``dst``; ``False`` if they fail verification."""
 
+    def stats_extra(self) -> dict[str, object]:
+        """Tier-specific figures for ``TierStats.extra``."""
+
     def close(self) -> None:
         """Release the medium. Idempotent."""

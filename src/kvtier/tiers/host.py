@@ -62,6 +62,9 @@ class HostArena:
         native.copy(dst, self._view[start:start + dst.nbytes])
         return checksum is None or native.checksum(dst) == checksum
 
+    def stats_extra(self) -> dict[str, object]:
+        return {"verify_checksums": self.verify}
+
     def close(self) -> None:
         if self._mmap is None:
             return

@@ -1,0 +1,357 @@
+"""NVMe disk tier: preallocated slot files read and written with O_DIRECT, plus an LMDB index.
+
+Geometry: each directory in ``DiskTierConfig.paths`` holds one sparse file ``slots.dat`` of
+fixed-size slots; global slot ``g`` lives in path ``g % P`` at local slot ``g // P`` (pages are
+striped across drives). A slot is one 4096-byte header block (``pageformat``) followed by the
+payload rounded up to 4096 bytes, so every transfer is O_DIRECT-aligned. File names come from
+nothing but this layout (never from keys); files are created 0600, directories 0700.
+
+Durability order: a page's bytes are written (and, with ``fsync="always"``, flushed) before its
+index record is committed; a record is deleted before its slot is reused. A slot written but
+never committed (a crash in between) is simply free after a restart.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import math
+import mmap
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .. import native
+from ..config import DiskTierConfig
+from ..errors import ConfigError, TierInUseError
+from ..keys import BlockKey
+from .base import TierCapabilities
+from .disk_index import DiskIndex, DiskRecord
+from .pageformat import CODEC_NONE, FORMAT_VERSION, HEADER_BLOCK, header_matches, pack_header
+
+ALIGN = 4096
+DATA_FILE = "slots.dat"
+LOCK_FILE = "kvtier.lock"
+INDEX_DIR = "index"
+_FREE_SPACE_CACHE_S = 0.5
+
+
+def align_up(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class DiskTier:
+    """Pages in slot files on one or more directories. Thread-safe for distinct slots."""
+
+    name = "disk"
+    capabilities = TierCapabilities(persistent=True, supports_batch=True)
+
+    def __init__(self, config: DiskTierConfig) -> None:
+        self.config = config
+        self.slot_bytes = config.slot_bytes
+        self.slot_count = config.capacity_bytes // config.slot_bytes
+        self.stride = HEADER_BLOCK + align_up(self.slot_bytes)
+        self.paths = [Path(p) for p in config.paths]
+        self.direct_io = config.direct_io
+        self.io_errors = 0
+        self.enospc = 0
+        self.dropped_at_open = 0
+        self._counts_lock = threading.Lock()
+        self._free_checked_at = -math.inf
+        self._has_room = True
+        self._last_sync = time.monotonic()
+        self._dirty = False
+        self._locks: list[int] = []
+        self._fds: list[int] = []
+        self._index: DiskIndex | None = None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open(self) -> None:
+        for path in self.paths:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._locks.append(_lock_directory(path))
+        per_path = [len(range(i, self.slot_count, len(self.paths))) for i in range(len(self.paths))]
+        for path, slots in zip(self.paths, per_path):
+            self._fds.append(self._open_data_file(path / DATA_FILE, slots * self.stride))
+        map_size = max(64 << 20, self.slot_count * 512)
+        self._index = DiskIndex(self.paths[0] / INDEX_DIR, sync=self.config.fsync == "always",
+                                map_size=map_size)
+        self._check_meta()
+
+    def _open_data_file(self, path: Path, size: int) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        fd = -1
+        if self.direct_io:
+            try:
+                fd = os.open(path, flags | os.O_DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_io = False  # e.g. tmpfs: buffered I/O, shown in stats()
+        if fd < 0:
+            fd = os.open(path, flags, 0o600)
+        os.fchmod(fd, 0o600)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)  # sparse: space is taken as slots are written
+        return fd
+
+    def _check_meta(self) -> None:
+        assert self._index is not None
+        wanted = {"format": FORMAT_VERSION, "slot_bytes": self.slot_bytes,
+                  "paths": len(self.paths), "namespace": self.config.namespace}
+        meta = self._index.read_meta()
+        if meta is None:
+            self._index.write_meta(wanted)
+            return
+        where = self.paths[0]
+        if meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(
+                f"{where} holds a kvtier disk tier of format {meta.get('format')}, this kvtier reads "
+                f"format {FORMAT_VERSION}: point disk.paths at a new directory (or delete this one)")
+        if meta.get("slot_bytes") != self.slot_bytes or meta.get("paths") != len(self.paths):
+            raise ConfigError(
+                f"{where} was created with slot_bytes={meta.get('slot_bytes')} over "
+                f"{meta.get('paths')} path(s); this store asks for slot_bytes={self.slot_bytes} over "
+                f"{len(self.paths)}: use the same settings or a new directory")
+        theirs, ours = meta.get("namespace", ""), self.config.namespace
+        if theirs and ours and theirs != ours:
+            raise ConfigError(
+                f"{where} caches namespace {theirs!r}, not {ours!r} (another model or tenant): "
+                "use a separate directory per namespace")
+        if ours and not theirs:
+            self._index.write_meta(wanted)
+
+    def restore(self) -> Iterator[tuple[BlockKey, DiskRecord]]:
+        """Every valid committed record; invalid ones (undecodable, out of range, duplicate
+        slot) are deleted from the index and counted in ``dropped_at_open``."""
+        assert self._index is not None
+        seen: set[int] = set()
+        bad: list[bytes] = []
+        for raw_key, raw in self._index.items():
+            try:
+                record = DiskRecord.unpack(raw)
+                key = BlockKey.from_bytes(raw_key)
+            except Exception:  # a corrupted record or key: drop it, fail closed
+                bad.append(raw_key)
+                continue
+            if (record.slot >= self.slot_count or record.slot in seen or record.codec != CODEC_NONE
+                    or not 0 < record.raw_len <= self.slot_bytes):
+                bad.append(raw_key)
+                continue
+            seen.add(record.slot)
+            yield key, record
+        if bad:
+            self._index.delete_many(bad)
+            self.dropped_at_open += len(bad)
+
+    # -- space -------------------------------------------------------------------------------
+    def has_room(self) -> bool:
+        """Whether a never-written slot may be taken without crossing the free-space floor."""
+        now = time.monotonic()
+        if now - self._free_checked_at > _FREE_SPACE_CACHE_S:
+            floor = self.config.min_free_bytes + self.stride
+            self._has_room = all(_free_bytes(p) >= floor for p in self.paths)
+            self._free_checked_at = now
+        return self._has_room
+
+    # -- bytes -------------------------------------------------------------------------------
+    def write_many(self, slots: Sequence[int], keys: Sequence[bytes], srcs: Sequence[memoryview],
+                   checksums: Sequence[int]) -> list[bool]:
+        """Write pages (header + payload) into their slots; ``False`` where a write failed
+        (the page is then not stored; ENOSPC and I/O errors are counted, never raised)."""
+        staging = _Staging([s.nbytes for s in srcs], self.direct_io)
+        fds, offsets, iovecs, expected = [], [], [], []
+        for i, (slot, key, src, checksum) in enumerate(zip(slots, keys, srcs, checksums)):
+            fd, offset = self._location(slot)
+            header = staging.header(i)
+            pack_header(header, key, src.nbytes, src.nbytes, checksum)
+            iov = staging.payload_iovecs(i, src, for_write=True)
+            fds.append(fd)
+            offsets.append(offset)
+            iovecs.append([header, *iov])
+            expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
+        results = native.io_batch(True, fds, offsets, iovecs)
+        ok = [got == want for got, want in zip(results, expected)]
+        if not all(ok):
+            self._count_failures(results)
+        if self.config.fsync == "always" and any(ok):
+            for fd in set(fd for fd, good in zip(fds, ok) if good):
+                os.fdatasync(fd)
+        return ok
+
+    def read_many(self, slots: Sequence[int], keys: Sequence[bytes], dsts: Sequence[memoryview],
+                  checksums: Sequence[int]) -> list[bool]:
+        """Read pages into ``dsts`` (each exactly the stored length) and verify header and
+        checksum; ``False`` for any page that is short, unreadable or does not verify."""
+        staging = _Staging([d.nbytes for d in dsts], self.direct_io)
+        fds, offsets, iovecs, expected = [], [], [], []
+        for i, (slot, dst) in enumerate(zip(slots, dsts)):
+            fd, offset = self._location(slot)
+            iov = staging.payload_iovecs(i, dst, for_write=False)
+            fds.append(fd)
+            offsets.append(offset)
+            iovecs.append([staging.header(i), *iov])
+            expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
+        results = native.io_batch(False, fds, offsets, iovecs)
+        ok = []
+        for i, (key, dst, checksum, got, want) in enumerate(zip(keys, dsts, checksums, results, expected)):
+            good = got == want and header_matches(staging.header(i), key, dst.nbytes, checksum)
+            if good:
+                staging.finish_read(i, dst)
+                good = native.checksum(dst) == checksum
+            ok.append(good)
+        if any(r < 0 for r in results):
+            self._count_failures(results)
+        return ok
+
+    # -- index -------------------------------------------------------------------------------
+    def commit(self, items: list[tuple[bytes, DiskRecord]]) -> None:
+        """Make written pages durable in the index (after their bytes are written)."""
+        assert self._index is not None
+        self._index.put_many(items)
+        self._dirty = True
+        self._maybe_sync()
+
+    def forget(self, key: bytes) -> None:
+        """Delete a page's record (before its slot can be reused)."""
+        if self._index is not None:
+            self._index.delete(key)
+            self._dirty = True
+
+    def touch_many(self, times: dict[bytes, tuple[float, float | None]]) -> None:
+        """Record ``key -> (last access, deadline)`` wall times in one transaction (the store
+        calls it at close; after a crash the older times stay)."""
+        if self._index is None or not times:
+            return
+        updates = []
+        for key, (last_access, deadline) in times.items():
+            raw = self._index.get(key)
+            if raw is None:
+                continue
+            record = DiskRecord.unpack(raw)
+            record.last_access, record.deadline = last_access, deadline
+            updates.append((key, record))
+        self._index.put_many(updates)
+
+    def sync(self) -> None:
+        """Flush data files and the index to stable storage."""
+        for fd in self._fds:
+            os.fdatasync(fd)
+        if self._index is not None:
+            self._index.sync()
+        self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def _maybe_sync(self) -> None:
+        if (self.config.fsync == "batch" and self._dirty
+                and time.monotonic() - self._last_sync >= self.config.sync_interval_s):
+            self.sync()
+
+    def stats_extra(self) -> dict[str, object]:
+        return {"direct_io": self.direct_io, "io_errors": self.io_errors, "enospc": self.enospc,
+                "dropped_at_open": self.dropped_at_open, "io_engine": native.io_engine(),
+                "paths": [str(p) for p in self.paths]}
+
+    def close(self) -> None:
+        if self._index is not None:
+            if self.config.fsync != "never":
+                try:
+                    self.sync()
+                except OSError:
+                    pass
+            self._index.close()
+            self._index = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        for fd in self._locks:
+            os.close(fd)  # releases the flock
+        self._locks = []
+
+    # -- internals ---------------------------------------------------------------------------
+    def _location(self, slot: int) -> tuple[int, int]:
+        count = len(self._fds)
+        return self._fds[slot % count], (slot // count) * self.stride
+
+    def _count_failures(self, results: list[int]) -> None:
+        with self._counts_lock:
+            for result in results:
+                if result == -errno.ENOSPC:
+                    self.enospc += 1
+                    self._free_checked_at = -math.inf  # re-check the floor now
+                elif result < 0:
+                    self.io_errors += 1
+
+
+class _Staging:
+    """Aligned scratch memory for one batch: a header block per page, plus a bounce buffer for
+    a page whose own buffer is not aligned (or whose tail is not a whole 4096-byte block).
+    Unmapped when the last view of it goes away (the iovec lists hold views)."""
+
+    def __init__(self, sizes: list[int], direct_io: bool) -> None:
+        self._sizes = sizes
+        self._direct = direct_io
+        self._tail_at: list[int] = []
+        total = HEADER_BLOCK * len(sizes)
+        for n in sizes:
+            self._tail_at.append(total)
+            total += align_up(n)  # worst case: the whole page bounces
+        self._map = mmap.mmap(-1, max(total, ALIGN))
+        self._view = memoryview(self._map)
+        self._bounced: list[int] = [0] * len(sizes)  # bytes of the page that go through staging
+
+    def header(self, i: int) -> memoryview:
+        return self._view[i * HEADER_BLOCK:(i + 1) * HEADER_BLOCK]
+
+    def payload_iovecs(self, i: int, buf: memoryview, *, for_write: bool) -> list[memoryview]:
+        """The iovecs that move page ``i`` to/from ``buf``, aligned for O_DIRECT."""
+        n = buf.nbytes
+        direct_part = n & ~(ALIGN - 1)
+        if native.address(buf) % ALIGN:
+            direct_part = 0  # unaligned caller buffer: the whole page bounces
+        rest = n - direct_part
+        iov = [buf[:direct_part]] if direct_part else []
+        if rest:
+            start = self._tail_at[i]
+            bounce = self._view[start:start + align_up(rest)]
+            if for_write:
+                native.copy(bounce[:rest], buf[direct_part:])
+            iov.append(bounce)
+        self._bounced[i] = rest
+        return iov
+
+    def finish_read(self, i: int, buf: memoryview) -> None:
+        """Copy the bounced part of a read into the caller's buffer."""
+        rest = self._bounced[i]
+        if rest:
+            start = self._tail_at[i]
+            native.copy(buf[buf.nbytes - rest:], self._view[start:start + rest])
+
+
+def _lock_directory(path: Path) -> int:
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise TierInUseError(
+            f"{path} is in use by another kvtier store (pid {holder}); one process owns a disk "
+            "tier directory at a time: close the other store or give this one its own disk.paths"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
