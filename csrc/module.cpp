@@ -6,9 +6,20 @@
 // copy() runs once per KV page, so per-call overhead matters.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <vector>
+
 #include "buffer.h"
 #include "checksum.h"
 #include "copy.h"
+#include "io.h"
 
 namespace py = pybind11;
 
@@ -69,6 +80,238 @@ py::object address(py::handle obj) {
   return py::reinterpret_steal<py::object>(PyLong_FromVoidPtr(buf.data()));
 }
 
+// --- batched file I/O (io.h) ---------------------------------------------------------
+
+// type(obj).__name__, as the Python fallback reports it.
+const char* type_name(PyObject* obj) {
+  const char* full = Py_TYPE(obj)->tp_name;  // "numpy.ndarray" for static types
+  const char* dot = std::strrchr(full, '.');
+  return dot ? dot + 1 : full;
+}
+
+// tuple(obj): a snapshot that Python code run meanwhile (__index__, buffer
+// exports) cannot change.  Buffer objects are refused (a common slip:
+// buffers=[page] instead of [[page]]).
+py::tuple sequence_arg(py::handle obj, const char* func, const char* arg, const char* of) {
+  PyObject* tuple = PyObject_CheckBuffer(obj.ptr()) ? nullptr : PySequence_Tuple(obj.ptr());
+  if (tuple == nullptr) {
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "%s(): %s must be a sequence of %s, got '%s'", func, arg, of,
+                 type_name(obj.ptr()));
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::tuple>(tuple);
+}
+
+// operator.index(obj) as a C int (file descriptors may be negative: the
+// syscall then fails with EBADF, reported like any other I/O error).
+int fd_arg(py::handle obj, Py_ssize_t i) {
+  const auto index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long fd = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (fd == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (overflow != 0 || fd < INT_MIN || fd > INT_MAX) {
+    PyErr_Format(PyExc_OverflowError,
+                 "io_batch(): fds[%zd] is out of range for a file descriptor, got %S", i,
+                 index.ptr());
+    throw py::error_already_set();
+  }
+  return static_cast<int>(fd);
+}
+
+std::string io_uring_unavailable() {
+  const char* step = nullptr;
+  const int err = kvtier::io_uring_error(&step);
+  return std::string("io_uring is not available here (") + step + ": " + std::strerror(err) + ")";
+}
+
+// KVTIER_IO_ENGINE is applied by the first I/O call, unless set_io_engine()
+// came first.  Both run with the GIL held, which also guards the flag.
+bool g_io_engine_set = false;
+
+void apply_io_engine_env() {
+  if (g_io_engine_set) return;
+  const char* raw = std::getenv("KVTIER_IO_ENGINE");
+  std::string choice;
+  for (const char* c = raw ? raw : ""; *c; ++c) {
+    choice += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+  }
+  const auto space = " \t\n\r\f\v";
+  choice.erase(choice.find_last_not_of(space) + 1);
+  choice.erase(0, choice.find_first_not_of(space));
+  if (choice.empty()) choice = "auto";
+  kvtier::IoEngine engine;
+  if (!kvtier::parse_io_engine(choice.c_str(), &engine)) {
+    const auto value = py::reinterpret_steal<py::object>(PyUnicode_DecodeFSDefault(raw));
+    if (!value) throw py::error_already_set();
+    PyErr_Format(PyExc_ValueError,
+                 "KVTIER_IO_ENGINE=%R is not valid; use one of: auto, io_uring, threads",
+                 value.ptr());
+    throw py::error_already_set();
+  }
+  if (kvtier::set_io_engine(engine) != 0) {
+    PyErr_Format(PyExc_RuntimeError, "KVTIER_IO_ENGINE=io_uring, but %s",
+                 io_uring_unavailable().c_str());
+    throw py::error_already_set();
+  }
+  g_io_engine_set = true;
+}
+
+py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets_obj,
+                    py::handle buffers_obj) {
+  apply_io_engine_env();
+  const int write = PyObject_IsTrue(write_obj.ptr());
+  if (write < 0) throw py::error_already_set();
+  const py::tuple fds = sequence_arg(fds_obj, "io_batch", "fds", "int");
+  const py::tuple offsets = sequence_arg(offsets_obj, "io_batch", "offsets", "int");
+  const py::tuple buffers = sequence_arg(buffers_obj, "io_batch", "buffers", "buffer sequences");
+  const Py_ssize_t n = PyTuple_GET_SIZE(fds.ptr());
+  if (PyTuple_GET_SIZE(offsets.ptr()) != n || PyTuple_GET_SIZE(buffers.ptr()) != n) {
+    PyErr_Format(PyExc_ValueError,
+                 "io_batch(): fds, offsets and buffers must have the same length, "
+                 "got %zd, %zd and %zd",
+                 n, PyTuple_GET_SIZE(offsets.ptr()), PyTuple_GET_SIZE(buffers.ptr()));
+    throw py::error_already_set();
+  }
+  std::vector<kvtier::IoOp> ops(static_cast<std::size_t>(n));
+  std::vector<std::size_t> first(ops.size() + 1);  // op i owns iov[first[i] .. first[i + 1])
+  std::vector<iovec> iov;
+  std::deque<kvtier::ByteView> views;  // released, with the GIL held, when the function exits
+  char arg[64];
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    kvtier::IoOp& op = ops[static_cast<std::size_t>(i)];
+    op.fd = fd_arg(PyTuple_GET_ITEM(fds.ptr(), i), i);
+    std::snprintf(arg, sizeof arg, "offsets[%zd]", i);
+    op.offset = static_cast<std::int64_t>(
+        size_arg(PyTuple_GET_ITEM(offsets.ptr(), i), "io_batch", arg));
+    std::snprintf(arg, sizeof arg, "buffers[%zd]", i);
+    const py::tuple bufs =
+        sequence_arg(PyTuple_GET_ITEM(buffers.ptr(), i), "io_batch", arg, "buffers");
+    first[static_cast<std::size_t>(i)] = iov.size();
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(bufs.ptr()); ++j) {
+      std::snprintf(arg, sizeof arg, "buffers[%zd][%zd]", i, j);
+      kvtier::ByteView& view = views.emplace_back();
+      // A read fills the buffers: they must be writable.
+      if (!view.acquire(PyTuple_GET_ITEM(bufs.ptr(), j), !write, "io_batch", arg)) {
+        throw py::error_already_set();
+      }
+      iov.push_back({view.data(), view.size()});
+    }
+  }
+  first[ops.size()] = iov.size();
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    ops[i].iov = iov.data() + first[i];
+    ops[i].iovcnt = first[i + 1] - first[i];
+  }
+  {
+    py::gil_scoped_release nogil;
+    kvtier::io_run(write != 0, ops.data(), ops.size());  // noexcept
+  }
+  auto out = py::reinterpret_steal<py::object>(PyList_New(n));
+  if (!out) throw py::error_already_set();
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* result = PyLong_FromLongLong(ops[static_cast<std::size_t>(i)].result);
+    if (!result) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), i, result);
+  }
+  return out;
+}
+
+void set_io_engine(py::handle name_obj) {
+  if (!PyUnicode_Check(name_obj.ptr())) {
+    PyErr_Format(PyExc_TypeError, "set_io_engine(): name must be a str, got '%s'",
+                 type_name(name_obj.ptr()));
+    throw py::error_already_set();
+  }
+  Py_ssize_t size = 0;
+  const char* name = PyUnicode_AsUTF8AndSize(name_obj.ptr(), &size);
+  if (name == nullptr) throw py::error_already_set();
+  kvtier::IoEngine engine;
+  const bool has_nul = std::strlen(name) != static_cast<std::size_t>(size);
+  if (has_nul || !kvtier::parse_io_engine(name, &engine)) {
+    PyErr_Format(PyExc_ValueError,
+                 "set_io_engine(): name must be 'auto', 'io_uring' or 'threads', got %R",
+                 name_obj.ptr());
+    throw py::error_already_set();
+  }
+  if (kvtier::set_io_engine(engine) != 0) {
+    PyErr_Format(PyExc_RuntimeError, "set_io_engine(): %s", io_uring_unavailable().c_str());
+    throw py::error_already_set();
+  }
+  g_io_engine_set = true;
+}
+
+// OSError(err, message, filename), as the matching subclass (FileNotFoundError...).
+[[noreturn]] void raise_os_error(int err, const std::string& message, PyObject* filename) {
+  const auto exc = py::reinterpret_steal<py::object>(
+      PyObject_CallFunction(PyExc_OSError, "isO", err, message.c_str(), filename));
+  if (exc) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
+double raw_io_bench(py::handle path_obj, py::handle page_obj, py::handle batch_obj,
+                    py::handle count_obj, py::handle write_obj) {
+  apply_io_engine_env();
+  const auto path = py::reinterpret_steal<py::object>(PyOS_FSPath(path_obj.ptr()));
+  if (!path) throw py::error_already_set();
+  PyObject* encoded_ptr = nullptr;  // bytes; ValueError for an embedded NUL
+  if (!PyUnicode_FSConverter(path.ptr(), &encoded_ptr)) throw py::error_already_set();
+  const auto encoded = py::reinterpret_steal<py::object>(encoded_ptr);
+  const std::size_t page_bytes = size_arg(page_obj, "raw_io_bench", "page_bytes");
+  const std::size_t batch = size_arg(batch_obj, "raw_io_bench", "batch");
+  const std::size_t count = size_arg(count_obj, "raw_io_bench", "count");
+  const int write = PyObject_IsTrue(write_obj.ptr());
+  if (write < 0) throw py::error_already_set();
+  if (page_bytes == 0 || page_bytes % 4096 != 0) {
+    PyErr_Format(PyExc_ValueError,
+                 "raw_io_bench(): page_bytes must be a positive multiple of 4096, got %zu",
+                 page_bytes);
+    throw py::error_already_set();
+  }
+  if (batch == 0) {
+    PyErr_SetString(PyExc_ValueError, "raw_io_bench(): batch must be >= 1, got 0");
+    throw py::error_already_set();
+  }
+  if (std::max(batch, count) > static_cast<std::size_t>(PY_SSIZE_T_MAX) / page_bytes) {
+    PyErr_SetString(PyExc_OverflowError,
+                    "raw_io_bench(): page_bytes * batch and page_bytes * count must not "
+                    "exceed sys.maxsize");
+    throw py::error_already_set();
+  }
+  kvtier::RawIoBenchError error;
+  double seconds;
+  {
+    py::gil_scoped_release nogil;
+    seconds = kvtier::raw_io_bench(PyBytes_AS_STRING(encoded.ptr()), page_bytes, batch, count,
+                                   write != 0, &error);  // noexcept
+  }
+  if (seconds >= 0) return seconds;
+  const char* what = write ? "write" : "read";
+  char message[160];
+  switch (error.stage) {
+    case kvtier::RawIoBenchError::kTransfer:
+      std::snprintf(message, sizeof message, "raw_io_bench(): %s at offset %lld failed: %s", what,
+                    static_cast<long long>(error.offset), std::strerror(error.err));
+      raise_os_error(error.err, message, path.ptr());
+    case kvtier::RawIoBenchError::kShort:
+      std::snprintf(message, sizeof message,
+                    "raw_io_bench(): short %s at offset %lld: %lld of %zu bytes", what,
+                    static_cast<long long>(error.offset), static_cast<long long>(error.got),
+                    page_bytes);
+      raise_os_error(EIO, message, path.ptr());
+    case kvtier::RawIoBenchError::kAlloc:
+      errno = error.err;
+      PyErr_SetFromErrno(PyExc_OSError);
+      throw py::error_already_set();
+    default:  // kOpen, kTruncate
+      errno = error.err;
+      PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path.ptr());
+      throw py::error_already_set();
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -113,4 +356,36 @@ PYBIND11_MODULE(_native, m) {
       "copy_threshold", [] { return kvtier::copy_threshold(); },
       "copy_threshold()\n--\n\n"
       "Size in bytes from which a copy is split across the copy threads.");
+
+  // Batched file I/O for the disk tier (csrc/io.h).
+  m.def("io_batch", &io_batch, py::arg("write"), py::arg("fds"), py::arg("offsets"),
+        py::arg("buffers"),
+        "io_batch(write, fds, offsets, buffers)\n--\n\n"
+        "Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or "
+        "-errno.");
+  m.def(
+      "io_engine",
+      [] {
+        apply_io_engine_env();
+        return kvtier::io_engine_name(kvtier::io_engine());
+      },
+      "io_engine()\n--\n\n"
+      "The engine io_batch uses now: 'io_uring' or 'threads'.");
+  m.def("set_io_engine", &set_io_engine, py::arg("name"),
+        "set_io_engine(name)\n--\n\n"
+        "Make io_batch use 'io_uring', 'threads' or 'auto' (io_uring where it works).");
+  m.def(
+      "set_io_threads",
+      [](py::handle n) { kvtier::set_io_threads(size_arg(n, "set_io_threads", "n")); },
+      py::arg("n"),
+      "set_io_threads(n)\n--\n\n"
+      "Run threads-engine batches on n threads (caller included); 0 restores the default.");
+  m.def(
+      "io_threads", [] { return kvtier::io_threads(); },
+      "io_threads()\n--\n\n"
+      "Number of threads (caller included) that share a threads-engine batch.");
+  m.def("raw_io_bench", &raw_io_bench, py::arg("path"), py::arg("page_bytes"), py::arg("batch"),
+        py::arg("count"), py::arg("write"),
+        "raw_io_bench(path, page_bytes, batch, count, write)\n--\n\n"
+        "Seconds to move count pages of page_bytes to/from path, batch per io_batch (O_DIRECT).");
 }

@@ -8,11 +8,14 @@ from typer.testing import CliRunner
 
 from kvtier.cli import app
 
+TINY_DISK = ["--disk-page-sizes", "256KiB", "--disk-bytes", "4MiB", "--disk-trials", "1"]
+
 
 def test_bench_json_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB,256KiB", "--capacity", "4MiB",
                                       "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
+                                      *TINY_DISK, "--disk-dir", str(tmp_path / "d"),
                                       "--json", "-o", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -26,14 +29,38 @@ def test_bench_json_at_tiny_size(tmp_path):
     meta = doc["metadata"]
     assert meta["lookup_prefix_keys"] == 512 and meta["lookup_prefix_us"] > 0
     assert min(meta["contains_ops_s"], meta["put_ops_s"], meta["get_into_ops_s"]) > 0
+    disk = doc["disk"]
+    assert [(r["page_bytes"], r["batch"]) for r in disk["results"]] == [(256 << 10, 1), (256 << 10, 16)]
+    for row in disk["results"]:
+        for name in ("write", "write_ceiling", "read", "read_ceiling"):
+            assert row[name] > 0
+        assert row["read_ratio"] == row["read"] / row["read_ceiling"]
+    assert disk["ceiling_tool"] in ("fio", "native loop") and isinstance(disk["direct_io"], bool)
+    assert not any((tmp_path / "d").iterdir())  # nothing left behind in the bench directory
 
 
 def test_bench_table_output():
     result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
-                                      "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500"])
+                                      "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
+                                      *TINY_DISK])
     assert result.exit_code == 0, result.output
     assert "lookup_prefix of 512 keys" in result.output
     assert "host tier" in result.output and "64 KiB" in result.output
+    assert "disk tier" in result.output and "read / raw" in result.output
+
+
+def test_bench_without_disk_skips_it(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
+                                      "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
+                                      "--no-disk", "--json", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "disk" not in json.loads(out.read_text())
+
+
+def test_bench_rejects_unaligned_disk_pages():
+    result = CliRunner().invoke(app, ["bench", "--disk-page-sizes", "5000"])
+    assert result.exit_code != 0 and "multiples of 4096" in result.output
 
 
 def test_bench_rejects_bad_sizes():

@@ -1,9 +1,9 @@
 """kvtier: offload LLM KV-cache pages across memory tiers (GPU HBM, host DRAM, NVMe, Redis)."""
 
-from .config import HostTierConfig, StoreConfig
+from .config import DiskTierConfig, HostTierConfig, StoreConfig
 from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, InvalidKeyError,
                      KvtierError, NonContiguousError, ReadOnlyBufferError, StoreClosedError,
-                     UnsupportedValueError, ValueTooLargeError)
+                     TierInUseError, UnsupportedValueError, ValueTooLargeError)
 from .keys import BlockKey, Namespace
 from .metrics import MissReason, StoreStats, TierStats
 from .store import TieredStore
@@ -11,8 +11,8 @@ from .store import TieredStore
 __version__ = "0.1.0"
 
 __all__ = [
-    "TieredStore", "StoreConfig", "HostTierConfig", "BlockKey", "Namespace", "MissReason",
+    "TieredStore", "StoreConfig", "HostTierConfig", "DiskTierConfig", "BlockKey", "Namespace", "MissReason",
     "StoreStats", "TierStats", "KvtierError", "ConfigError", "InvalidArgumentError",
     "InvalidKeyError", "UnsupportedValueError", "NonContiguousError", "ValueTooLargeError",
-    "BufferSizeError", "ReadOnlyBufferError", "StoreClosedError", "__version__",
+    "BufferSizeError", "ReadOnlyBufferError", "StoreClosedError", "TierInUseError", "__version__",
 ]

@@ -318,6 +318,8 @@ def _coerce_fields(cls: type, values: Mapping[str, Any], prefix: str, skip: set[
 
 def _coerce(name: str, hint: Any, raw: Any) -> Any:
     """Convert a string/TOML value to the field's type, with an error that names the field."""
+    if typing.get_origin(hint) is tuple and isinstance(raw, (list, tuple)):
+        return tuple(raw)  # a TOML array; a string is split by the field's own validation
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint

@@ -140,13 +140,16 @@ class TierIndex:
     def __init__(self, name: str, allocator: SlotAllocator, policy: EvictionPolicy,
                  ghosts: GhostList, *, max_pinned_bytes: int, refresh_on_read: bool,
                  on_drop: Callable[[Entry, MissReason], None] | None = None,
-                 on_remove: Callable[[Entry], None] | None = None) -> None:
+                 on_remove: Callable[[Entry], None] | None = None,
+                 can_evict: Callable[[Entry], bool] | None = None) -> None:
         """``on_drop(entry, reason)`` runs when an entry is evicted or expires (not when it is
         replaced, removed on request or found corrupt): the hook a multi-tier owner uses to
         demote the block to the next tier. ``on_remove(entry)`` runs for every entry that
         leaves the index for any reason (a persistent tier deletes its record there). Both run
-        before the entry's location is freed."""
+        before the entry's location is freed. ``can_evict(entry)`` lets ``reserve`` skip
+        entries it must not drop on its own (a write-back tier's pages not yet copied down)."""
         self.name = name
+        self.can_evict = can_evict
         self.on_drop = on_drop
         self.on_remove = on_remove
         self.allocator = allocator
@@ -212,7 +215,8 @@ class TierIndex:
             if victim_key is None:
                 break
             victim = self.entries[victim_key]
-            if victim.readers:  # being copied out right now: skip it this time
+            if victim.readers or (self.can_evict is not None and not self.can_evict(victim)):
+                # being copied out right now, or not ours to drop: skip it this time
                 self.policy.forget(victim_key)
                 busy.append(victim)
                 continue
@@ -278,14 +282,12 @@ class TierIndex:
         return taken
 
     def release_victim(self, entry: Entry, demoted: bool) -> None:
-        """End a ``take_victims`` hold: drop the entry if it was copied to the next tier (no
-        ghost: the block still exists there), else make it evictable again."""
+        """End a ``take_victims`` hold by evicting the entry: silently if it was copied to the
+        next tier (it still exists there), as ``evicted`` if that tier refused it (full or
+        failing: the page is lost, the tier keeps working). Pinned meanwhile: it stays."""
         if entry.live and not entry.pinned:
-            if demoted:
-                self._drop(entry, None)
-                self.evictions += 1
-            else:
-                self.policy.admit(entry.key, entry.deadline)
+            self._drop(entry, None if demoted else MissReason.EVICTED)
+            self.evictions += 1
         self.end_read(entry, None)
 
     def abort(self, reservation: Reservation) -> None:

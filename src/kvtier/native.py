@@ -1,4 +1,4 @@
-"""Byte-level hot paths (page copy, checksum, allocation) with a selectable backend.
+"""Byte-level hot paths (page copy, checksum, allocation, file I/O), selectable backend.
 
 The backend is chosen once, at import, from the ``KVTIER_NATIVE`` environment variable:
 
@@ -10,6 +10,33 @@ The backend is chosen once, at import, from the ``KVTIER_NATIVE`` environment va
 Both backends have the same signatures and semantics, and raise the same errors with the
 same messages (see kvtier/_fallback.py for the two small exceptions).  The functions
 below are the backend's own (no wrapper), so calling them costs nothing extra.
+
+Disk I/O for the NVMe tier: ``io_batch(write, fds, offsets, buffers)`` runs op ``i`` as one
+positional vectored transfer, ``pwritev(fds[i], buffers[i], offsets[i])`` if ``write`` is
+true, else ``preadv``, with all ops in flight at once and the GIL released.
+
+* ``fds``: ints; ``offsets``: byte offsets (ints >= 0); ``buffers``: one sequence of buffers
+  (the op's iovec list) per op; all three of the same length, else ValueError.  A buffer is
+  any C-contiguous host buffer (bytes-like: bytearray, mmap, numpy array...), writable for
+  reads, read as raw bytes whatever its dtype or shape.  With ``O_DIRECT``, addresses, sizes
+  and offsets must be multiples of ``DIRECT_IO_ALIGNMENT`` (mmap memory is page-aligned).
+* Returns a list with, per op, the bytes moved (fewer than its buffers hold when a read
+  reaches end of file) or ``-errno`` if the op failed, also after moving some bytes.
+  EINTR is retried and short transfers are continued.  I/O errors never raise; bad
+  arguments do, with the same errors as copy() (e.g. TypeError for a read-only buffer).
+* Engines: ``"io_uring"`` (native only; raw syscalls, one ring per calling thread) where the
+  kernel allows it, else ``"threads"`` (a pool of ``io_threads()`` threads, caller included,
+  running preadv/pwritev).  ``io_engine()`` says which one is live; ``set_io_engine()`` or
+  ``KVTIER_IO_ENGINE`` (``auto``, ``io_uring``, ``threads``; read by the first I/O call)
+  chooses, and asking for io_uring where it cannot work raises RuntimeError saying why.
+
+``raw_io_bench(path, page_bytes, batch, count, write)`` is the raw ceiling ``kvtier bench``
+compares with when fio is absent: count pages of page_bytes (a multiple of 4096) at offsets
+``k * page_bytes`` of path, batch pages per io_batch call on the same engine, from/into
+aligned buffers; O_DIRECT unless the file system refuses it (EINVAL, e.g. tmpfs before
+Linux 6.6), where it falls back to buffered I/O.  A write creates the file (0600) and sizes
+it; a read needs it to exist and be large enough.  Returns the seconds the transfers took
+(not opening or allocation); OSError if a transfer fails or comes up short.
 """
 
 from __future__ import annotations
@@ -20,6 +47,7 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "DIRECT_IO_ALIGNMENT",
     "address",
     "alloc_bytearray",
     "backend",
@@ -28,8 +56,14 @@ __all__ = [
     "copy_threads",
     "copy_threshold",
     "fallback_reason",
+    "io_batch",
+    "io_engine",
+    "io_threads",
+    "raw_io_bench",
     "set_copy_threads",
     "set_copy_threshold",
+    "set_io_engine",
+    "set_io_threads",
 ]
 
 _ENV = "KVTIER_NATIVE"
@@ -82,3 +116,19 @@ set_copy_threshold: Callable[[int], None] = _impl.set_copy_threshold
 """Split copies of at least nbytes bytes across the copy threads."""
 copy_threshold: Callable[[], int] = _impl.copy_threshold
 """Size in bytes from which a copy is split across the copy threads."""
+
+# Disk I/O (see the module docstring).
+DIRECT_IO_ALIGNMENT = 4096
+"""Alignment in bytes of O_DIRECT buffer addresses, sizes and file offsets."""
+io_batch: Callable[[Any, Any, Any, Any], list[int]] = _impl.io_batch
+"""Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or -errno."""
+io_engine: Callable[[], str] = _impl.io_engine
+"""The engine io_batch uses now: 'io_uring' or 'threads'."""
+set_io_engine: Callable[[str], None] = _impl.set_io_engine
+"""Make io_batch use 'io_uring', 'threads' or 'auto' (io_uring where it works)."""
+set_io_threads: Callable[[int], None] = _impl.set_io_threads
+"""Run threads-engine batches on n threads (caller included); 0 restores the default."""
+io_threads: Callable[[], int] = _impl.io_threads
+"""Number of threads (caller included) that share a threads-engine batch."""
+raw_io_bench: Callable[[Any, int, int, int, Any], float] = _impl.raw_io_bench
+"""Seconds to move count pages of page_bytes to/from path, batch per io_batch (O_DIRECT)."""

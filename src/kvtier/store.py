@@ -94,12 +94,19 @@ class TieredStore:
             tier.name, allocator, make_policy(config.policy), self._ghosts,
             max_pinned_bytes=int(allocator.capacity_bytes * config.max_pinned_fraction),
             refresh_on_read=config.ttl_refresh == "read",
-            on_remove=(lambda entry: tier.forget(entry.key)) if persistent else None,
+            on_remove=self._forget_disk_page if persistent else None,
         )
         if persistent:
+            # Write-back: the host tier may drop a page on its own only once disk has a copy.
+            self._tiers[0][1].can_evict = lambda entry: entry.key in index.entries
             self._disk, self._disk_index = tier, index
             index.restore(self._restored_entries(tier))
         self._tiers.append((tier, index))
+
+    def _forget_disk_page(self, entry: Entry) -> None:
+        """A page left the disk tier: delete its index record (before the slot is reused)."""
+        self._disk.forget(entry.key)
+        self._disk_reads.pop(entry.key, None)
 
     def _restored_entries(self, tier: DiskTier) -> list[Entry]:
         """The disk tier's committed pages as index entries, least recently used first."""
@@ -300,9 +307,12 @@ class TieredStore:
                               gets=c.gets, hits=c.hits, misses=dict(c.misses),
                               native_backend=native.backend)
 
-    def flush(self) -> int:
+    def flush(self, *, batch_pages: int = 64) -> int:
         """Write every page that is only in the host tier to disk (a checkpoint: a restart then
-        serves them); returns how many pages were written. ``0`` without a disk tier."""
+        serves them), ``batch_pages`` per I/O batch; returns how many pages were written.
+        ``0`` without a disk tier."""
+        if isinstance(batch_pages, bool) or not isinstance(batch_pages, int) or batch_pages < 1:
+            raise InvalidArgumentError(f"batch_pages must be an int >= 1, got {batch_pages!r}")
         if self._disk is None:
             return 0
         written = 0
@@ -311,7 +321,7 @@ class TieredStore:
                 self._check_open()
                 on_disk = self._disk_index.entries
                 held = [e for e in self._first_index.entries.values() if e.key not in on_disk]
-                held = held[:_COPY_DOWN_BATCH]
+                held = held[:batch_pages]
                 for entry in held:
                     entry.readers += 1
             if not held:
@@ -355,17 +365,23 @@ class TieredStore:
         tier, index = self._first_tier, self._first_index
         nbytes = src.nbytes
         _check_fits(tier, nbytes)
-        if self._disk is not None and not index.allocator.free_slots:
-            self._make_room(1)
-        with self._lock:
-            self._check_open()
-            now = self._clock()
-            reservation = index.reserve(key, nbytes, now, pin)
-            self._counters.puts += 1
-            if reservation is None:
-                self._counters.puts_rejected += 1
-                return False
-            self._inflight += 1
+        attempts = 0
+        while True:
+            if self._disk is not None and not index.allocator.free_slots:
+                self._make_room(1)
+            with self._lock:
+                self._check_open()
+                now = self._clock()
+                reservation = index.reserve(key, nbytes, now, pin)
+                if reservation is None and self._disk is not None and attempts < _ROOM_RETRIES:
+                    attempts += 1  # another thread took the room we made: make more
+                    continue
+                self._counters.puts += 1
+                if reservation is None:
+                    self._counters.puts_rejected += 1
+                    return False
+                self._inflight += 1
+                break
         try:
             checksum = tier.write(reservation.location, src)
         except BaseException:
@@ -423,12 +439,20 @@ class TieredStore:
         tier, index = self._first_tier, self._first_index
         for src in srcs:
             _check_fits(tier, src.nbytes)
-        if self._disk is not None and index.allocator.free_slots < len(keys):
-            self._make_room(len(keys))
+        reservations: list[Reservation | None] = [None] * len(keys)
+        for attempt in range(_ROOM_RETRIES + 1):
+            missing = [i for i, r in enumerate(reservations) if r is None]
+            if self._disk is not None and index.allocator.free_slots < len(missing):
+                self._make_room(len(missing))
+            with self._lock:
+                self._check_open()
+                now = self._clock()
+                for i in missing:
+                    reservations[i] = index.reserve(keys[i], srcs[i].nbytes, now, pin)
+            if self._disk is None or all(r is not None for r in reservations):
+                break
         with self._lock:
             self._check_open()
-            now = self._clock()
-            reservations = [index.reserve(key, src.nbytes, now, pin) for key, src in zip(keys, srcs)]
             admitted = [r is not None for r in reservations]
             self._counters.puts += len(keys)
             self._counters.puts_rejected += admitted.count(False)
@@ -580,32 +604,33 @@ class TieredStore:
                     plan.append((entry, dindex.reserve(entry.key, entry.nbytes, now, False)))
             self._inflight += 1
         todo = [(e, r) for e, r in plan if r is not None]
-        ok: list[bool] = []
-        checksums: list[int] = []
+        checksums: list[int | None] = []
         try:
-            views = [host.slot_view(e.location, e.nbytes) for e, _ in todo]
-            checksums = [e.checksum if e.checksum is not None else native.checksum(v)
-                         for (e, _), v in zip(todo, views)]
             if todo:
-                ok = disk.write_many([r.location for _, r in todo], [e.key for e, _ in todo],
-                                     views, checksums)
+                checksums = disk.write_many(
+                    [r.location for _, r in todo], [e.key for e, _ in todo],
+                    [host.slot_view(e.location, e.nbytes) for e, _ in todo],
+                    [e.checksum for e, _ in todo])
         finally:
             with self._lock:
                 now, wall = self._clock(), time.time()
                 stored = {id(e) for e, r in plan if r is None and e.key in dindex.entries}
-                records = []
+                records, published = [], []
                 for i, (entry, reservation) in enumerate(todo):
-                    if i < len(ok) and ok[i] and entry.live:
+                    if i < len(checksums) and checksums[i] is not None and entry.live:
                         dindex.publish(entry.key, reservation, entry.nbytes, entry.deadline,
                                        entry.ttl_s, checksums[i])
                         records.append((bytes(entry.key), _record(
                             reservation.location, entry.nbytes, checksums[i], entry.deadline,
                             entry.ttl_s, now, wall)))
-                        stored.add(id(entry))
+                        published.append(entry)
                     else:
                         dindex.abort(reservation)
-                if records:
-                    disk.commit(records)
+                if records and disk.commit(records):
+                    stored.update(id(e) for e in published)
+                else:  # the index refused: these pages are not on disk after all
+                    for entry in published:
+                        dindex.remove(entry.key, None)
                 for entry in held:
                     if demote:
                         hindex.release_victim(entry, id(entry) in stored)
@@ -721,7 +746,7 @@ class TieredStore:
         return float(ttl_s)
 
 
-_COPY_DOWN_BATCH = 64  # pages per flush() write batch
+_ROOM_RETRIES = 8  # write-back: how often a put makes room again when other threads took it
 
 
 def _record(slot: int, nbytes: int, checksum: int, deadline: float | None, ttl_s: float | None,

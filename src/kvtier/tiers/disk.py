@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import math
 import mmap
 import os
 import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
+
+import lmdb
 
 from .. import native
 from ..config import DiskTierConfig
@@ -34,6 +39,7 @@ from .pageformat import CODEC_NONE, FORMAT_VERSION, HEADER_BLOCK, header_matches
 ALIGN = 4096
 DATA_FILE = "slots.dat"
 LOCK_FILE = "kvtier.lock"
+STRIPE_FILE = "stripe.json"
 INDEX_DIR = "index"
 _FREE_SPACE_CACHE_S = 0.5
 
@@ -56,6 +62,7 @@ class DiskTier:
         self.paths = [Path(p) for p in config.paths]
         self.direct_io = config.direct_io
         self.io_errors = 0
+        self.index_errors = 0
         self.enospc = 0
         self.dropped_at_open = 0
         self._counts_lock = threading.Lock()
@@ -66,6 +73,7 @@ class DiskTier:
         self._locks: list[int] = []
         self._fds: list[int] = []
         self._index: DiskIndex | None = None
+        self._submit_pool: ThreadPoolExecutor | None = None
         try:
             self._open()
         except BaseException:
@@ -74,16 +82,18 @@ class DiskTier:
 
     # -- opening -----------------------------------------------------------------------------
     def _open(self) -> None:
+        if self.config.io_threads:
+            native.set_io_threads(self.config.io_threads)
         for path in self.paths:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._locks.append(_lock_directory(path))
-        per_path = [len(range(i, self.slot_count, len(self.paths))) for i in range(len(self.paths))]
-        for path, slots in zip(self.paths, per_path):
-            self._fds.append(self._open_data_file(path / DATA_FILE, slots * self.stride))
         map_size = max(64 << 20, self.slot_count * 512)
         self._index = DiskIndex(self.paths[0] / INDEX_DIR, sync=self.config.fsync == "always",
                                 map_size=map_size)
-        self._check_meta()
+        self._check_meta()  # before any data file is created or resized
+        per_path = [len(range(i, self.slot_count, len(self.paths))) for i in range(len(self.paths))]
+        for path, slots in zip(self.paths, per_path):
+            self._fds.append(self._open_data_file(path / DATA_FILE, slots * self.stride))
 
     def _open_data_file(self, path: Path, size: int) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -105,9 +115,11 @@ class DiskTier:
     def _check_meta(self) -> None:
         assert self._index is not None
         wanted = {"format": FORMAT_VERSION, "slot_bytes": self.slot_bytes,
-                  "paths": len(self.paths), "namespace": self.config.namespace}
+                  "paths": len(self.paths), "namespace": self.config.namespace,
+                  "tier_id": uuid.uuid4().hex}
         meta = self._index.read_meta()
         if meta is None:
+            self._check_stripes(wanted["tier_id"], create=True)
             self._index.write_meta(wanted)
             return
         where = self.paths[0]
@@ -126,7 +138,30 @@ class DiskTier:
                 f"{where} caches namespace {theirs!r}, not {ours!r} (another model or tenant): "
                 "use a separate directory per namespace")
         if ours and not theirs:
-            self._index.write_meta(wanted)
+            self._index.write_meta({**meta, "namespace": ours})
+        if "tier_id" in meta:
+            self._check_stripes(meta["tier_id"], create=False)
+
+    def _check_stripes(self, tier_id: str, *, create: bool) -> None:
+        """Each path carries a marker naming its tier and stripe number, so swapped, missing or
+        foreign directories are refused instead of reading every page as corrupt."""
+        for number, path in enumerate(self.paths):
+            marker = path / STRIPE_FILE
+            expected = {"tier_id": tier_id, "stripe": number}
+            try:
+                found = json.loads(marker.read_text())
+            except FileNotFoundError:
+                found = None
+            except (OSError, ValueError):
+                found = "unreadable"
+            if create and found is None and not (path / DATA_FILE).exists():
+                _write_private(marker, json.dumps(expected))
+                continue
+            if found != expected:
+                raise ConfigError(
+                    f"{path} is not stripe {number} of the disk tier indexed in {self.paths[0]} "
+                    f"(its marker {marker.name} says {found}): give disk.paths in their original "
+                    "order, or use new directories")
 
     def restore(self) -> Iterator[tuple[BlockKey, DiskRecord]]:
         """Every valid committed record; invalid ones (undecodable, out of range, duplicate
@@ -142,7 +177,7 @@ class DiskTier:
                 bad.append(raw_key)
                 continue
             if (record.slot >= self.slot_count or record.slot in seen or record.codec != CODEC_NONE
-                    or not 0 < record.raw_len <= self.slot_bytes):
+                    or not 0 < record.raw_len <= self.slot_bytes or record.stored_len != record.raw_len):
                 bad.append(raw_key)
                 continue
             seen.add(record.slot)
@@ -163,28 +198,50 @@ class DiskTier:
 
     # -- bytes -------------------------------------------------------------------------------
     def write_many(self, slots: Sequence[int], keys: Sequence[bytes], srcs: Sequence[memoryview],
-                   checksums: Sequence[int]) -> list[bool]:
-        """Write pages (header + payload) into their slots; ``False`` where a write failed
-        (the page is then not stored; ENOSPC and I/O errors are counted, never raised)."""
+                   checksums: Sequence[int | None]) -> list[int | None]:
+        """Write pages into their slots; per page, the xxh3-64 of its bytes once it is stored,
+        or ``None`` where a write failed (the page is then not stored; ENOSPC and I/O errors
+        are counted, never raised). ``checksums[i]`` may be ``None``: it is computed here.
+
+        The payloads go to disk first, on the submit thread, while this thread hashes them;
+        the header blocks (which carry the checksum) follow. A crash in between leaves a slot
+        whose header does not match, which reads as ``corrupt``, and no index record anyway.
+        """
         staging = _Staging([s.nbytes for s in srcs], self.direct_io)
         fds, offsets, iovecs, expected = [], [], [], []
-        for i, (slot, key, src, checksum) in enumerate(zip(slots, keys, srcs, checksums)):
+        for i, (slot, src) in enumerate(zip(slots, srcs)):
             fd, offset = self._location(slot)
-            header = staging.header(i)
-            pack_header(header, key, src.nbytes, src.nbytes, checksum)
             iov = staging.payload_iovecs(i, src, for_write=True)
             fds.append(fd)
             offsets.append(offset)
-            iovecs.append([header, *iov])
-            expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
-        results = native.io_batch(True, fds, offsets, iovecs)
-        ok = [got == want for got, want in zip(results, expected)]
-        if not all(ok):
-            self._count_failures(results)
-        if self.config.fsync == "always" and any(ok):
-            for fd in set(fd for fd, good in zip(fds, ok) if good):
+            iovecs.append(iov)
+            expected.append(sum(v.nbytes for v in iov))
+        payloads = self._submitter().submit(
+            native.io_batch, True, fds, [o + HEADER_BLOCK for o in offsets], iovecs)
+        sums = [c if c is not None else native.checksum(src) for c, src in zip(checksums, srcs)]
+        for i, (key, src) in enumerate(zip(keys, srcs)):
+            pack_header(staging.header(i), key, src.nbytes, src.nbytes, sums[i])
+        results = payloads.result()
+        landed = [i for i, (got, want) in enumerate(zip(results, expected)) if got == want]
+        headers = native.io_batch(True, [fds[i] for i in landed], [offsets[i] for i in landed],
+                                  [[staging.header(i)] for i in landed])
+        stored: list[int | None] = [None] * len(srcs)
+        for i, got in zip(landed, headers):
+            if got == HEADER_BLOCK:
+                stored[i] = sums[i]
+        if len(landed) < len(srcs) or any(got != HEADER_BLOCK for got in headers):
+            self._count_failures(results + headers)
+        if self.config.fsync == "always" and landed:
+            for fd in set(fds[i] for i in landed):
                 os.fdatasync(fd)
-        return ok
+        return stored
+
+    def _submitter(self) -> ThreadPoolExecutor:
+        """One thread that issues payload writes while the caller hashes (started on first use)."""
+        with self._counts_lock:
+            if self._submit_pool is None:
+                self._submit_pool = ThreadPoolExecutor(1, thread_name_prefix="kvtier-disk")
+            return self._submit_pool
 
     def read_many(self, slots: Sequence[int], keys: Sequence[bytes], dsts: Sequence[memoryview],
                   checksums: Sequence[int]) -> list[bool]:
@@ -212,18 +269,29 @@ class DiskTier:
         return ok
 
     # -- index -------------------------------------------------------------------------------
-    def commit(self, items: list[tuple[bytes, DiskRecord]]) -> None:
-        """Make written pages durable in the index (after their bytes are written)."""
+    def commit(self, items: list[tuple[bytes, DiskRecord]]) -> bool:
+        """Make written pages durable in the index (after their bytes are written); ``False``
+        if the index refused (map full, I/O error): the pages are then not stored."""
         assert self._index is not None
-        self._index.put_many(items)
-        self._dirty = True
-        self._maybe_sync()
+        try:
+            self._index.put_many(items)
+            self._dirty = True
+            self._maybe_sync()
+        except (lmdb.Error, OSError):
+            self.index_errors += 1
+            return False
+        return True
 
     def forget(self, key: bytes) -> None:
-        """Delete a page's record (before its slot can be reused)."""
+        """Delete a page's record (before its slot can be reused). A failed delete is counted,
+        not raised: the stale record would point at a slot whose header no longer matches, so
+        it can only ever read as ``corrupt``."""
         if self._index is not None:
-            self._index.delete(key)
-            self._dirty = True
+            try:
+                self._index.delete(key)
+                self._dirty = True
+            except lmdb.Error:
+                self.index_errors += 1
 
     def touch_many(self, times: dict[bytes, tuple[float, float | None]]) -> None:
         """Record ``key -> (last access, deadline)`` wall times in one transaction (the store
@@ -233,9 +301,10 @@ class DiskTier:
         updates = []
         for key, (last_access, deadline) in times.items():
             raw = self._index.get(key)
-            if raw is None:
+            try:
+                record = DiskRecord.unpack(raw)
+            except (TypeError, ValueError):  # gone, or a damaged record: leave it to restore()
                 continue
-            record = DiskRecord.unpack(raw)
             record.last_access, record.deadline = last_access, deadline
             updates.append((key, record))
         self._index.put_many(updates)
@@ -256,10 +325,14 @@ class DiskTier:
 
     def stats_extra(self) -> dict[str, object]:
         return {"direct_io": self.direct_io, "io_errors": self.io_errors, "enospc": self.enospc,
+                "index_errors": self.index_errors,
                 "dropped_at_open": self.dropped_at_open, "io_engine": native.io_engine(),
                 "paths": [str(p) for p in self.paths]}
 
     def close(self) -> None:
+        if self._submit_pool is not None:
+            self._submit_pool.shutdown(wait=True)
+            self._submit_pool = None
         if self._index is not None:
             if self.config.fsync != "never":
                 try:
@@ -349,6 +422,15 @@ def _lock_directory(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(path: Path) -> int:
