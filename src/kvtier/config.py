@@ -125,7 +125,7 @@ class DiskTierConfig:
             first also holds the LMDB index. Created if missing. Strings or a comma-separated
             string (``"/nvme0/kv,/nvme1/kv"``).
         capacity_bytes: total page capacity across all paths, rounded down to whole slots.
-            Files are sparse: space is taken as slots are first written.
+            Files are preallocated when that leaves ``min_free_bytes`` free, else sparse.
         slot_bytes: the largest page the tier stores; ``0`` (default) means the host tier's.
         min_free_bytes: free-space floor per filesystem; the tier stops taking new slots (and
             evicts by policy instead) when a write would leave less free space than this.
