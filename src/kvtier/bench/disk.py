@@ -58,8 +58,8 @@ class DiskBenchSettings:
     directory: str | None = None
     page_sizes: tuple[int, ...] = DEFAULT_DISK_PAGE_SIZES
     batches: tuple[int, ...] = DEFAULT_DISK_BATCHES
-    bytes_per_run: int = 128 * MiB
-    trials: int = 3
+    bytes_per_run: int = 64 * MiB
+    trials: int = 5
     use_fio: bool = True
 
     def __post_init__(self) -> None:

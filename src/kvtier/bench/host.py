@@ -35,7 +35,7 @@ class HostBenchSettings:
 
     page_sizes: tuple[int, ...] = DEFAULT_PAGE_SIZES
     capacity_bytes: int = 256 * MiB
-    seconds: float = 0.25
+    seconds: float = 0.2
     trials: int = 5
     metadata_ops: int = 100_000
 
