@@ -9,7 +9,7 @@ clean restart loses nothing); write-through stores sometimes do not (they need n
 
 TTLs travel with a page between tiers and across restarts (deadlines are stored as wall-clock
 times, so the store's wall clock follows the fake monotonic clock here: a restart then keeps
-deadlines exactly). ``ttl_refresh="write"`` only (for ``"read"`` see the xfail test below), and
+deadlines exactly). ``ttl_refresh="write"`` only (for ``"read"`` see the tests below), and
 a page with a TTL is never pinned, so "expired" is exactly "deadline <= now".
 """
 
@@ -265,7 +265,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
             expected += 1
         assert self.store.lookup_prefix(keys) == expected
 
-    @rule(keys=st.lists(KEYS, max_size=4, unique=True))  # duplicates: see the xfail test below
+    @rule(keys=st.lists(KEYS, max_size=4))
     def prefetch(self, keys):
         self._expire()
         brought = self.store.prefetch(keys).result(timeout=30)
@@ -304,8 +304,6 @@ def _small_store(tmp_path, clock, **kwargs) -> TieredStore:
     return TieredStore(StoreConfig(host=host, disk=disk, **kwargs), clock=clock)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: prefetch counts a key named twice as two pages "
-                   "brought up, and _promote makes host room for both copies")
 def test_prefetch_counts_and_makes_room_for_each_page_once(tmp_path, clock):
     with _small_store(tmp_path, clock) as store:
         for key in (b"a", b"b", b"c"):
@@ -314,8 +312,6 @@ def test_prefetch_counts_and_makes_room_for_each_page_once(tmp_path, clock):
         assert store.stats().tier("host").entries == 2  # one page came up, one went down
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: with ttl_refresh='read' a host hit refreshes only "
-                   "the host copy; a later clean demotion keeps the disk copy's older deadline")
 @pytest.mark.parametrize("write_mode", ["write_back", "write_through"])
 def test_a_read_refreshed_deadline_survives_demotion(tmp_path, clock, write_mode):
     with _small_store(tmp_path, clock, write_mode=write_mode, ttl_s=10, ttl_refresh="read") as store:

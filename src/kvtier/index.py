@@ -324,6 +324,17 @@ class TierIndex:
         if entry.deadline is not None:
             self._expiry.set(entry.key, entry.deadline)
 
+    def set_deadline(self, entry: Entry, deadline: float | None) -> None:
+        """Move an entry's deadline (a copy in another tier was refreshed)."""
+        entry.deadline = deadline
+        if entry.pinned:
+            return
+        self.policy.touch(entry.key, deadline)
+        if deadline is None:
+            self._expiry.discard(entry.key)
+        else:
+            self._expiry.set(entry.key, deadline)
+
     def reclaim_expired(self, now: float) -> int:
         """Drop every unpinned block whose deadline has passed; returns how many."""
         count = 0

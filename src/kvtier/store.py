@@ -343,7 +343,7 @@ class TieredStore:
         with self._lock:
             self._check_open()
             host = self._first_index.entries
-            lower = [k for k in keys if k not in host and k in self._disk_index.entries]
+            lower = [k for k in dict.fromkeys(keys) if k not in host and k in self._disk_index.entries]
         if not lower:
             return 0
         got = self._get_many(lower, None, count=False, promote=True)
@@ -598,8 +598,12 @@ class TieredStore:
             now = self._clock()
             plan: list[tuple[Entry, Reservation | None]] = []
             for entry in held:
-                if entry.key in dindex.entries:
-                    plan.append((entry, None))  # clean: the disk already has this version
+                on_disk = dindex.entries.get(entry.key)
+                if on_disk is not None:  # clean: the disk already has this version
+                    if on_disk.deadline != entry.deadline:  # refreshed by reads in host
+                        dindex.set_deadline(on_disk, entry.deadline)
+                        self._disk_reads[entry.key] = time.time()  # persisted at close
+                    plan.append((entry, None))
                 else:
                     plan.append((entry, dindex.reserve(entry.key, entry.nbytes, now, False)))
             self._inflight += 1
