@@ -16,14 +16,14 @@ a page with a TTL is never pinned, so "expired" is exactly "deadline <= now".
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import kvtier.store
 from conftest import FakeClock
 from kvtier import HostTierConfig, MissReason, StoreConfig, TieredStore
 from kvtier.config import DiskTierConfig
@@ -39,7 +39,7 @@ WALL_OFFSET = 1_700_000_000.0  # integral: deadline conversions stay exact in fl
 
 
 class WallFollowsClock:
-    """Stands in for the ``time`` module inside kvtier.store: ``time()`` is the fake clock
+    """Stands in for the ``time`` module inside kvtier's modules: ``time()`` is the fake clock
     plus a fixed offset, everything else is the real module."""
 
     def __init__(self, clock: FakeClock) -> None:
@@ -52,6 +52,15 @@ class WallFollowsClock:
         return getattr(time, name)
 
 
+def follow_clock(clock: FakeClock) -> list:
+    """Point every loaded kvtier module's ``time`` at ``clock``; returns them (to restore)."""
+    modules = [m for name, m in list(sys.modules.items())
+               if (name == "kvtier" or name.startswith("kvtier.")) and getattr(m, "time", None) is time]
+    for module in modules:
+        module.time = WallFollowsClock(clock)
+    return modules
+
+
 class DiskStoreMachine(RuleBasedStateMachine):
     """The model: ``values`` (key -> latest bytes), ``deadlines`` (key -> fake-clock deadline
     or None), ``ghosts`` (key -> miss reason other than ``never_stored``, until the next
@@ -60,18 +69,20 @@ class DiskStoreMachine(RuleBasedStateMachine):
     @initialize(host_slots=st.integers(2, 4), paths=st.integers(1, 2), write_mode=WRITE_MODES,
                 flush_on_close=st.booleans(), promote=st.booleans(), direct_io=st.booleans(),
                 disk_slot_bytes=st.sampled_from([SLOT, 10_000]), policy=st.sampled_from(["lru", "ttl"]),
-                verify=st.booleans())
+                verify=st.booleans(), refresh=st.sampled_from(["write", "read"]))
     def open(self, host_slots, paths, write_mode, flush_on_close, promote, direct_io,
-             disk_slot_bytes, policy, verify):
+             disk_slot_bytes, policy, verify, refresh):
         self.clock = FakeClock()
-        self.real_time, kvtier.store.time = kvtier.store.time, WallFollowsClock(self.clock)
+        self.patched = follow_clock(self.clock)
         self.root = tempfile.mkdtemp(prefix="kvtier-sm-")
         self.paths = [f"{self.root}/d{i}" for i in range(paths)]
         self.host_slots = host_slots
         self.disk_slot_bytes, self.policy, self.verify = disk_slot_bytes, policy, verify
+        self.refresh = refresh
         self.pin_limit = int(host_slots * SLOT * PINNED_FRACTION) // SLOT
         self.values: dict[bytes, bytes] = {}
         self.deadlines: dict[bytes, float | None] = {}
+        self.ttls: dict[bytes, float | None] = {}
         self.ghosts: dict[bytes, MissReason] = {}
         self.maybe_pinned: set[bytes] = set()
         self.version = 0
@@ -88,6 +99,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
         host = HostTierConfig(capacity_bytes=self.host_slots * SLOT, slot_bytes=SLOT, prefault=False,
                               verify_checksums=self.verify)
         self.store = TieredStore(StoreConfig(host=host, disk=disk, policy=self.policy,
+                                             ttl_refresh=self.refresh,
                                              max_pinned_fraction=PINNED_FRACTION), clock=self.clock)
 
     def teardown(self):
@@ -95,8 +107,8 @@ class DiskStoreMachine(RuleBasedStateMachine):
             if getattr(self, "store", None) is not None:
                 self.store.close()
         finally:
-            if hasattr(self, "real_time"):
-                kvtier.store.time = self.real_time
+            for module in getattr(self, "patched", ()):
+                module.time = time
             if hasattr(self, "root"):
                 shutil.rmtree(self.root, ignore_errors=True)
 
@@ -115,13 +127,20 @@ class DiskStoreMachine(RuleBasedStateMachine):
                 self._drop(key, MissReason.EXPIRED)
 
     def _drop(self, key: bytes, reason: MissReason) -> None:
-        del self.values[key], self.deadlines[key]
+        del self.values[key], self.deadlines[key], self.ttls[key]
         self.ghosts[key] = reason
 
     def _stored(self, key: bytes, value: bytes, ttl: float | None) -> None:
         self.values[key] = value
         self.deadlines[key] = None if ttl is None else self.clock.now + ttl
+        self.ttls[key] = ttl
         self.ghosts.pop(key, None)
+
+    def _read(self, key: bytes) -> bytes | None:
+        """The model's answer to a read of ``key`` (a hit extends its window with "read")."""
+        if key in self.values and self.refresh == "read" and self.ttls[key] is not None:
+            self.deadlines[key] = self.clock.now + self.ttls[key]
+        return self.values.get(key)
 
     def _assert_miss(self, key: bytes) -> None:
         assert self.store.miss_reason(key) == self.ghosts.get(key, MissReason.NEVER_STORED)
@@ -225,14 +244,14 @@ class DiskStoreMachine(RuleBasedStateMachine):
     def get(self, key):
         self._expire()
         got = self.store.get(key)
-        assert (None if got is None else bytes(got)) == self.values.get(key)
+        assert (None if got is None else bytes(got)) == self._read(key)
         if got is None:
             self._assert_miss(key)
 
     @rule(key=KEYS, size=SIZES)
     def get_into(self, key, size):
         self._expire()
-        expected = self.values.get(key)
+        expected = self._read(key)
         out = bytearray(size if expected is None else len(expected))
         assert self.store.get_into(key, out) == (expected is not None)
         if expected is not None:
@@ -242,7 +261,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
     def batch_get(self, keys):
         self._expire()
         got = self.store.batch_get(keys)
-        assert [None if g is None else bytes(g) for g in got] == [self.values.get(k) for k in keys]
+        assert [None if g is None else bytes(g) for g in got] == [self._read(k) for k in keys]
 
     @rule(keys=st.lists(KEYS, max_size=6))
     def batch_get_into(self, keys):
@@ -250,7 +269,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
         present = [k for k in keys if k in self.values]
         outs = [bytearray(len(self.values[k])) for k in present]
         assert self.store.batch_get_into(present, outs) == [True] * len(present)
-        assert [bytes(o) for o in outs] == [self.values[k] for k in present]
+        assert [bytes(o) for o in outs] == [self._read(k) for k in present]
 
     @rule(key=KEYS)
     def contains(self, key):

@@ -1,0 +1,169 @@
+"""How pages move between the host tier and the disk tier: write-back demotion, write-through,
+inclusive promotion, and the bookkeeping that keeps a disk copy equal to the host's version.
+
+A mixin of ``TieredStore`` (same lock, counters and tier indexes); split out of store.py by
+concept. Every method here is called with the store's lock *not* held unless it says so.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+from .index import Entry, Reservation
+from .keys import BlockKey
+from .errors import StoreClosedError
+from .tiers.disk_index import DiskRecord
+from .tiers.pageformat import CODEC_NONE
+
+
+class TierMoves:
+    """The host <-> disk paths of ``TieredStore`` (see docs/ARCHITECTURE.md, "Disk tier")."""
+
+    def _after_publish(self, keys: list[BlockKey]) -> list[Entry]:
+        """After new versions of ``keys`` landed in the host tier (lock held): drop their
+        older disk copies, and hold the host entries that ``write_through`` must copy down."""
+        if self._disk_index is None:
+            return []
+        disk = self._disk_index
+        for key in keys:
+            if key in disk.entries:
+                disk.remove(key, None)
+        if self.config.disk.write_mode != "write_through":
+            return []
+        held = []
+        for key in keys:
+            entry = self._first_index.entries.get(key)
+            if entry is not None:
+                entry.readers += 1
+                held.append(entry)
+        return held
+
+    def _make_room(self, count: int) -> None:
+        """Write-back: demote host victims to disk until ``count`` host slots are free."""
+        with self._lock:
+            self._check_open()
+            index = self._first_index
+            index.reclaim_expired(self._clock())
+            victims = index.take_victims(count - index.allocator.free_slots)
+        if victims:
+            self._copy_down(victims, demote=True)
+
+    def _copy_down(self, held: list[Entry], *, demote: bool) -> int:
+        """Write held host entries to disk: data first, index record after. ``demote`` entries
+        came from ``take_victims`` and leave the host tier once stored (or go back to its policy
+        if the disk refused them); others stay and just lose their hold. Returns how many pages
+        the disk now holds (written, or already there)."""
+        host, hindex = self._first_tier, self._first_index
+        disk, dindex = self._disk, self._disk_index
+        with self._lock:
+            now = self._clock()
+            plan: list[tuple[Entry, Reservation | None]] = []
+            for entry in held:
+                on_disk = dindex.entries.get(entry.key)
+                if on_disk is not None:  # clean: the disk already has this version
+                    if on_disk.deadline != entry.deadline:  # refreshed by reads in host
+                        dindex.set_deadline(on_disk, entry.deadline)
+                        self._disk_reads[entry.key] = time.time()  # persisted at close
+                    plan.append((entry, None))
+                else:
+                    plan.append((entry, dindex.reserve(entry.key, entry.nbytes, now, False)))
+            self._inflight += 1
+        todo = [(e, r) for e, r in plan if r is not None]
+        checksums: list[int | None] = []
+        try:
+            if todo:
+                checksums = disk.write_many(
+                    [r.location for _, r in todo], [e.key for e, _ in todo],
+                    [host.slot_view(e.location, e.nbytes) for e, _ in todo],
+                    [e.checksum for e, _ in todo])
+        finally:
+            with self._lock:
+                now, wall = self._clock(), time.time()
+                stored = {id(e) for e, r in plan if r is None and e.key in dindex.entries}
+                records, published = [], []
+                for i, (entry, reservation) in enumerate(todo):
+                    if i < len(checksums) and checksums[i] is not None and entry.live:
+                        dindex.publish(entry.key, reservation, entry.nbytes, entry.deadline,
+                                       entry.ttl_s, checksums[i])
+                        records.append((bytes(entry.key), _record(
+                            reservation.location, entry.nbytes, checksums[i], entry.deadline,
+                            entry.ttl_s, now, wall)))
+                        published.append(entry)
+                    else:
+                        dindex.abort(reservation)
+                if records and disk.commit(records):
+                    stored.update(id(e) for e in published)
+                else:  # the index refused: these pages are not on disk after all
+                    for entry in published:
+                        dindex.remove(entry.key, None)
+                for entry in held:
+                    if demote:
+                        hindex.release_victim(entry, id(entry) in stored)
+                    else:
+                        hindex.end_read(entry, None)
+                self._end_copy()
+        return len(stored)
+
+    def _promote(self, items: list[tuple[BlockKey, memoryview, Entry]]) -> None:
+        """Copy pages just read from disk into the host tier (the disk copy stays)."""
+        if not items:
+            return
+        host, hindex = self._first_tier, self._first_index
+        try:
+            self._make_room(len(items))
+        except StoreClosedError:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock()
+            plan = []
+            for key, view, disk_entry in items:
+                if key in hindex.entries or not disk_entry.live:
+                    continue  # a newer version arrived meanwhile, or the disk copy is gone
+                reservation = hindex.reserve(key, view.nbytes, now, False)
+                if reservation is not None:
+                    plan.append((key, view, disk_entry, reservation))
+            if not plan:
+                return
+            self._inflight += 1
+        checksums: list[int | None] = []
+        try:
+            checksums = [host.write(r.location, view) for _, view, _, r in plan]
+        finally:
+            with self._lock:
+                for i, (key, view, disk_entry, reservation) in enumerate(plan):
+                    if i >= len(checksums) or key in hindex.entries or not disk_entry.live:
+                        hindex.abort(reservation)
+                    else:
+                        hindex.publish(key, reservation, view.nbytes, disk_entry.deadline,
+                                       disk_entry.ttl_s, checksums[i])
+                self._end_copy()
+
+    def _save_disk_access_times(self) -> None:
+        """Persist last-access times and (read-refreshed) deadlines of disk pages read."""
+        mono, wall = self._clock(), time.time()
+        entries = self._disk_index.entries
+        times = {}
+        for key, last in self._disk_reads.items():
+            entry = entries.get(key)
+            if entry is not None:
+                deadline = None if entry.deadline is None else wall + (entry.deadline - mono)
+                times[bytes(key)] = (last, deadline)
+        try:
+            self._disk.touch_many(times)
+        except Exception:  # best effort: the older times stay valid
+            pass
+
+
+def _record(slot: int, nbytes: int, checksum: int, deadline: float | None, ttl_s: float | None,
+            now: float, wall: float) -> DiskRecord:
+    """The durable index record of a page written to ``slot`` (deadline converted to wall time)."""
+    return DiskRecord(slot, nbytes, nbytes, checksum, CODEC_NONE, wall, wall,
+                      None if deadline is None else wall + (deadline - now), ttl_s)
+
+
+def aligned_buffer(nbytes: int) -> memoryview:
+    """A fresh, caller-owned, page-aligned buffer (O_DIRECT reads land in it directly)."""
+    return memoryview(mmap.mmap(-1, nbytes))
