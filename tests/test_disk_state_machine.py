@@ -9,8 +9,11 @@ clean restart loses nothing); write-through stores sometimes do not (they need n
 
 TTLs travel with a page between tiers and across restarts (deadlines are stored as wall-clock
 times, so the store's wall clock follows the fake monotonic clock here: a restart then keeps
-deadlines exactly). ``ttl_refresh="write"`` only (for ``"read"`` see the tests below), and
-a page with a TTL is never pinned, so "expired" is exactly "deadline <= now".
+deadlines exactly). Half the keys may carry a TTL and are never pinned, the other half may be
+pinned and never carry a TTL, so "expired" is exactly "deadline <= now" (a pin would stop it)
+for every key. With ``ttl_refresh="read"`` every hit moves the deadline; restarts are left out
+in that mode until the xfail tests at the end pass, and prefetch too (does warming the host
+tier extend a window? the model says it does not, the store says it does).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from kvtier.config import DiskTierConfig
 SLOT = 8192
 DISK_SLOTS = 32  # > 2 x the key space: the disk tier never has to evict
 PINNED_FRACTION = 0.5
-KEYS = st.sampled_from([b"k%d" % i for i in range(8)])
+TTL_KEYS = [b"k%d" % i for i in range(4)]  # may carry a TTL, never pinned
+PIN_KEYS = [b"k%d" % i for i in range(4, 8)]  # may be pinned, never carry a TTL
+KEYS = st.sampled_from(TTL_KEYS + PIN_KEYS)
 SIZES = st.one_of(st.sampled_from([SLOT, 4096, 5000, 4097, SLOT - 1, 1]), st.integers(1, SLOT))
 WRITE_MODES = st.sampled_from(["write_back", "write_through"])
-TTLS = st.sampled_from([None, 5.0, 20.0])
+TTLS = st.sampled_from([5.0, 20.0, None])
 WALL_OFFSET = 1_700_000_000.0  # integral: deadline conversions stay exact in floating point
 
 
@@ -52,10 +57,15 @@ class WallFollowsClock:
         return getattr(time, name)
 
 
+def kvtier_modules_using_time() -> list:
+    """The loaded kvtier modules that call ``time.time()`` & co. through the ``time`` module."""
+    return [m for name, m in list(sys.modules.items())
+            if (name == "kvtier" or name.startswith("kvtier.")) and getattr(m, "time", None) is time]
+
+
 def follow_clock(clock: FakeClock) -> list:
     """Point every loaded kvtier module's ``time`` at ``clock``; returns them (to restore)."""
-    modules = [m for name, m in list(sys.modules.items())
-               if (name == "kvtier" or name.startswith("kvtier.")) and getattr(m, "time", None) is time]
+    modules = kvtier_modules_using_time()
     for module in modules:
         module.time = WallFollowsClock(clock)
     return modules
@@ -149,8 +159,10 @@ class DiskStoreMachine(RuleBasedStateMachine):
     @rule(key=KEYS, size=SIZES, pin=st.booleans(), ttl=TTLS)
     def put(self, key, size, pin, ttl):
         self._expire()
-        if pin or key in self.maybe_pinned:
-            ttl = None  # a pinned page never expires: keep TTLs to unpinned pages
+        if key in TTL_KEYS:
+            pin = False
+        else:
+            ttl = None
         value = self._value(size)
         pinned_before = self._host_pinned()
         ok = self.store.put(key, value, pin=pin, ttl_s=ttl)
@@ -163,12 +175,15 @@ class DiskStoreMachine(RuleBasedStateMachine):
         else:
             assert pinned_before >= self.pin_limit
 
-    @rule(items=st.lists(st.tuples(KEYS, SIZES), min_size=1, max_size=6), pin=st.booleans(), ttl=TTLS)
-    def batch_put(self, items, pin, ttl):
+    @rule(items=st.lists(st.tuples(st.integers(0, 3), SIZES), min_size=1, max_size=6),
+          group=st.sampled_from([TTL_KEYS, PIN_KEYS]), pin=st.booleans(), ttl=TTLS)
+    def batch_put(self, items, group, pin, ttl):
         self._expire()
         values = [self._value(size) for _, size in items]
-        keys = [key for key, _ in items]
-        if pin or self.maybe_pinned.intersection(keys):
+        keys = [group[i] for i, _ in items]
+        if group is TTL_KEYS:
+            pin = False
+        else:
             ttl = None
         free = self.host_slots - self._host_pinned()
         admitted = self.store.batch_put(keys, values, pin=pin, ttl_s=ttl)
@@ -198,6 +213,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
         assert self.store.flush() == len(self.values) - before
         assert self.store.stats().tier("disk").entries == len(self.values)
 
+    @precondition(lambda self: self.refresh == "write")  # "read": see the xfail tests below
     @rule(write_mode=WRITE_MODES, flush_on_close=st.booleans(), promote=st.booleans(),
           direct_io=st.booleans())
     def restart(self, write_mode, flush_on_close, promote, direct_io):
@@ -218,12 +234,18 @@ class DiskStoreMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds):
         self.clock.advance(seconds)
 
+    @rule(key=KEYS, to_the_edge=st.booleans())
+    def advance_to_deadline(self, key, to_the_edge):
+        """Move the clock to just before (or exactly to) ``key``'s deadline: where an off-by-one
+        or a deadline that did not travel with the page shows."""
+        deadline = self.deadlines.get(key)
+        if deadline is not None and deadline - 1.0 > self.clock.now:
+            self.clock.now = deadline if to_the_edge else deadline - 1.0
+
     # -- pins ----------------------------------------------------------------------------------
-    @rule(key=KEYS)
+    @rule(key=st.sampled_from(PIN_KEYS))
     def pin(self, key):
         self._expire()
-        if self.deadlines.get(key) is not None:
-            return  # pages with a TTL stay unpinned (see the module docstring)
         pinned_before = self._host_pinned()
         ok = self.store.pin(key)
         if key not in self.values:
@@ -284,7 +306,8 @@ class DiskStoreMachine(RuleBasedStateMachine):
             expected += 1
         assert self.store.lookup_prefix(keys) == expected
 
-    @rule(keys=st.lists(KEYS, max_size=4))
+    @precondition(lambda self: self.refresh == "write")  # "read": whether a prefetch extends
+    @rule(keys=st.lists(KEYS, max_size=4))                # a window is open (the model says no)
     def prefetch(self, keys):
         self._expire()
         brought = self.store.prefetch(keys).result(timeout=30)
@@ -304,7 +327,8 @@ class DiskStoreMachine(RuleBasedStateMachine):
         assert disk.evictions == 0
         # every key lives in host, on disk or both; nothing else does
         assert max(host.entries, disk.entries) <= len(self.values) <= host.entries + disk.entries
-        if self.write_mode == "write_through":  # every put reached disk before it returned
+        if self.write_mode == "write_through" and self.refresh == "write":
+            # every put reached disk before it returned ("read": see the xfail tests below)
             assert disk.entries == len(self.values)
             assert disk.used_bytes == sum(len(v) for v in self.values.values())
         assert stats.misses.get(MissReason.CORRUPT.value, 0) == 0
@@ -344,3 +368,44 @@ def test_a_read_refreshed_deadline_survives_demotion(tmp_path, clock, write_mode
         assert store.put(b"a", b"a") and store.put(b"b", b"b")  # `k` leaves the host tier again
         clock.now = start + 14                          # a read at start+8 promised 10 more seconds
         assert store.get(b"k") is not None, store.miss_reason(b"k")
+
+
+@pytest.fixture
+def wall_follows(clock, monkeypatch):
+    """kvtier's wall clock follows the fake monotonic clock (deadlines survive a restart exactly)."""
+    for module in kvtier_modules_using_time():
+        monkeypatch.setattr(module, "time", WallFollowsClock(clock))
+    return clock
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: a host hit with ttl_refresh='read' does not reach the "
+                   "disk copy of a page, and close() writes only host-only pages, so a restart restores "
+                   "the old deadline")
+@pytest.mark.parametrize("write_mode", ["write_back", "write_through"])
+def test_a_read_refreshed_deadline_survives_a_restart(tmp_path, wall_follows, write_mode):
+    clock = wall_follows
+    start = clock.now
+    with _small_store(tmp_path, clock, write_mode=write_mode, ttl_s=10, ttl_refresh="read") as store:
+        assert store.put(b"k", b"v" * 100)              # deadline start+10
+        assert store.flush() in (0, 1)                  # on disk too now (write-through: already)
+        clock.now = start + 8
+        assert store.get(b"k") is not None              # host hit: deadline start+18
+    clock.now = start + 14
+    with _small_store(tmp_path, clock, write_mode=write_mode, ttl_s=10, ttl_refresh="read") as store:
+        assert store.get(b"k") is not None, store.miss_reason(b"k")
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: with ttl_refresh='read' the disk copy of a "
+                   "write-through page keeps its old deadline and is deleted while reads keep the page "
+                   "alive in host, so the page is no longer on disk (a crash, or a close without flush, "
+                   "loses it)")
+def test_a_write_through_page_stays_on_disk_while_reads_keep_it_alive(tmp_path, clock):
+    cfg = dict(write_mode="write_through", ttl_s=10, ttl_refresh="read")
+    with _small_store(tmp_path, clock, **cfg) as store:
+        start = clock.now
+        assert store.put(b"k", b"v" * 100)              # host and disk, deadline start+10
+        clock.now = start + 8
+        assert store.get(b"k") is not None              # host hit: deadline start+18
+        clock.now = start + 12
+        assert store.get(b"k") is not None              # still in its window...
+        assert store.stats().tier("disk").entries == 1  # ...so write-through keeps it on disk
