@@ -9,16 +9,76 @@ from __future__ import annotations
 
 import mmap
 import time
+from concurrent.futures import Future
+from typing import Any, Sequence
 
 from .index import Entry, Reservation
 from .keys import BlockKey
-from .errors import StoreClosedError
+from .errors import InvalidArgumentError, StoreClosedError
+from .tiers.disk import DiskTier
 from .tiers.disk_index import DiskRecord
 from .tiers.pageformat import CODEC_NONE
 
 
 class TierMoves:
     """The host <-> disk paths of ``TieredStore`` (see docs/ARCHITECTURE.md, "Disk tier")."""
+
+    def flush(self, *, batch_pages: int = 64) -> int:
+        """Write every page that is only in the host tier to disk (a checkpoint: a restart then
+        serves them), ``batch_pages`` per I/O batch; returns how many pages were written.
+        ``0`` without a disk tier."""
+        if isinstance(batch_pages, bool) or not isinstance(batch_pages, int) or batch_pages < 1:
+            raise InvalidArgumentError(f"batch_pages must be an int >= 1, got {batch_pages!r}")
+        if self._disk is None:
+            return 0
+        written = 0
+        while True:
+            with self._lock:
+                self._check_open()
+                on_disk = self._disk_index.entries
+                held = [e for e in self._first_index.entries.values() if e.key not in on_disk]
+                held = held[:batch_pages]
+                for entry in held:
+                    entry.readers += 1
+            if not held:
+                return written
+            stored = self._copy_down(held, demote=False)
+            written += stored
+            if stored == 0:  # the disk admits nothing more (full of pins, or failing)
+                return written
+
+    def prefetch(self, keys: Sequence[Any]) -> "Future[int]":
+        """Warm the host tier with whichever of ``keys`` are only on disk, on a worker thread;
+        the future gives how many pages were brought up. Not counted as reads in ``stats``."""
+        checked = [self._key(k) for k in keys]
+        return self._submit(self._prefetch, checked)
+
+    def _prefetch(self, keys: list[BlockKey]) -> int:
+        if self._disk is None:
+            return 0
+        with self._lock:
+            self._check_open()
+            host = self._first_index.entries
+            lower = [k for k in dict.fromkeys(keys) if k not in host and k in self._disk_index.entries]
+        if not lower:
+            return 0
+        got = self._get_many(lower, None, count=False, promote=True)
+        return sum(view is not None for view in got)
+
+    def _forget_disk_page(self, entry: Entry) -> None:
+        """A page left the disk tier: delete its index record (before the slot is reused)."""
+        self._disk.forget(entry.key)
+        self._disk_reads.pop(entry.key, None)
+
+    def _restored_entries(self, tier: DiskTier) -> list[Entry]:
+        """The disk tier's committed pages as index entries, least recently used first."""
+        mono, wall = self._clock(), time.time()
+        entries = []
+        for key, record in sorted(tier.restore(), key=lambda item: item[1].last_access):
+            deadline = None if record.deadline is None else mono + (record.deadline - wall)
+            entries.append(Entry(key, record.slot, record.raw_len, tier.slot_bytes, deadline,
+                                 record.ttl_s, False, record.checksum))
+        return entries
 
     def _after_publish(self, keys: list[BlockKey]) -> list[Entry]:
         """After new versions of ``keys`` landed in the host tier (lock held): drop their
