@@ -117,6 +117,16 @@ def test_flush_writes_host_only_pages_once(tmp_path, open_store):
     assert store.stats().tier("disk").entries == 3
 
 
+def test_flush_skips_pages_whose_window_has_closed(tmp_path, open_store, clock):
+    store = open_store(config(tmp_path))
+    assert store.put(b"brief", page(1), ttl_s=5)
+    assert store.put(b"long", page(2), ttl_s=500)
+    clock.advance(10)
+    assert store.flush() == 1
+    assert store.stats().tier("disk").entries == 1
+    assert store.miss_reason(b"brief") is MissReason.EXPIRED
+
+
 def test_write_through_puts_are_on_disk_when_put_returns(tmp_path, open_store):
     store = open_store(config(tmp_path, write_mode="write_through", flush_on_close=False))
     fill(store, 3)

@@ -11,9 +11,8 @@ TTLs travel with a page between tiers and across restarts (deadlines are stored 
 times, so the store's wall clock follows the fake monotonic clock here: a restart then keeps
 deadlines exactly). Half the keys may carry a TTL and are never pinned, the other half may be
 pinned and never carry a TTL, so "expired" is exactly "deadline <= now" (a pin would stop it)
-for every key. With ``ttl_refresh="read"`` every hit moves the deadline; restarts are left out
-in that mode until the xfail tests at the end pass, and prefetch too (does warming the host
-tier extend a window? the model says it does not, the store says it does).
+for every key. With ``ttl_refresh="read"`` every hit moves the deadline, in whichever tier it
+lands (and across restarts); a prefetch is not a read and moves none.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import time
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conftest import FakeClock
 from kvtier import HostTierConfig, MissReason, StoreConfig, TieredStore
@@ -213,7 +212,6 @@ class DiskStoreMachine(RuleBasedStateMachine):
         assert self.store.flush() == len(self.values) - before
         assert self.store.stats().tier("disk").entries == len(self.values)
 
-    @precondition(lambda self: self.refresh == "write")  # "read": see the xfail tests below
     @rule(write_mode=WRITE_MODES, flush_on_close=st.booleans(), promote=st.booleans(),
           direct_io=st.booleans())
     def restart(self, write_mode, flush_on_close, promote, direct_io):
@@ -306,8 +304,7 @@ class DiskStoreMachine(RuleBasedStateMachine):
             expected += 1
         assert self.store.lookup_prefix(keys) == expected
 
-    @precondition(lambda self: self.refresh == "write")  # "read": whether a prefetch extends
-    @rule(keys=st.lists(KEYS, max_size=4))                # a window is open (the model says no)
+    @rule(keys=st.lists(KEYS, max_size=4))  # a prefetch is not a read: it opens no window
     def prefetch(self, keys):
         self._expire()
         brought = self.store.prefetch(keys).result(timeout=30)
@@ -327,8 +324,8 @@ class DiskStoreMachine(RuleBasedStateMachine):
         assert disk.evictions == 0
         # every key lives in host, on disk or both; nothing else does
         assert max(host.entries, disk.entries) <= len(self.values) <= host.entries + disk.entries
-        if self.write_mode == "write_through" and self.refresh == "write":
-            # every put reached disk before it returned ("read": see the xfail tests below)
+        if self.write_mode == "write_through":
+            # every put reached disk before it returned, and a read-refreshed page stays there
             assert disk.entries == len(self.values)
             assert disk.used_bytes == sum(len(v) for v in self.values.values())
         assert stats.misses.get(MissReason.CORRUPT.value, 0) == 0
@@ -378,9 +375,6 @@ def wall_follows(clock, monkeypatch):
     return clock
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: a host hit with ttl_refresh='read' does not reach the "
-                   "disk copy of a page, and close() writes only host-only pages, so a restart restores "
-                   "the old deadline")
 @pytest.mark.parametrize("write_mode", ["write_back", "write_through"])
 def test_a_read_refreshed_deadline_survives_a_restart(tmp_path, wall_follows, write_mode):
     clock = wall_follows
@@ -395,10 +389,6 @@ def test_a_read_refreshed_deadline_survives_a_restart(tmp_path, wall_follows, wr
         assert store.get(b"k") is not None, store.miss_reason(b"k")
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: with ttl_refresh='read' the disk copy of a "
-                   "write-through page keeps its old deadline and is deleted while reads keep the page "
-                   "alive in host, so the page is no longer on disk (a crash, or a close without flush, "
-                   "loses it)")
 def test_a_write_through_page_stays_on_disk_while_reads_keep_it_alive(tmp_path, clock):
     cfg = dict(write_mode="write_through", ttl_s=10, ttl_refresh="read")
     with _small_store(tmp_path, clock, **cfg) as store:

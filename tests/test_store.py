@@ -182,6 +182,14 @@ def test_sweep_reclaims_expired_slots(make_store, clock):
     assert store.miss_reason(b"\x00") is MissReason.EXPIRED
 
 
+def test_evicting_an_expired_block_reports_nothing_evicted(make_store, clock):
+    store = make_store(ttl_s=5)
+    store.put(b"a", page(1))
+    clock.advance(6)
+    assert store.evict(b"a") is False
+    assert store.miss_reason(b"a") is MissReason.EXPIRED
+
+
 def test_expired_blocks_make_room_before_live_ones_are_evicted(make_store, clock):
     store = make_store(slots=2)
     store.put(b"live", page(1))

@@ -173,10 +173,11 @@ class TierIndex:
             return None
         return entry
 
-    def begin_read(self, entry: Entry, now: float) -> None:
-        """A hit: protect the location while bytes are copied out, refresh LRU and TTL."""
+    def begin_read(self, entry: Entry, now: float, refresh: bool = True) -> None:
+        """A hit: protect the location while bytes are copied out, refresh LRU and (unless
+        ``refresh`` is false: a prefetch, not a read) the TTL window."""
         entry.readers += 1
-        if self.refresh_on_read and entry.ttl_s is not None:
+        if refresh and self.refresh_on_read and entry.ttl_s is not None:
             entry.deadline = now + entry.ttl_s
             if not entry.pinned:
                 self._expiry.set(entry.key, entry.deadline)

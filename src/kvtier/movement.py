@@ -35,6 +35,7 @@ class TierMoves:
         while True:
             with self._lock:
                 self._check_open()
+                self._first_index.reclaim_expired(self._clock())  # no use writing those
                 on_disk = self._disk_index.entries
                 held = [e for e in self._first_index.entries.values() if e.key not in on_disk]
                 held = held[:batch_pages]

@@ -175,9 +175,10 @@ class TieredStore(TierMoves):
         key = self._key(key)
         with self._lock:
             self._check_open()
-            removed = False
+            now, removed = self._clock(), False
             for _, index in self._tiers:
-                removed = index.remove(key, MissReason.EVICTED) or removed
+                if index.find(key, now) is not None:  # an expired copy is dropped as expired
+                    removed = index.remove(key, MissReason.EVICTED) or removed
             return removed
 
     def pin(self, key: KeyLike) -> bool:
@@ -357,6 +358,7 @@ class TieredStore(TierMoves):
             else:
                 slow = False
                 index.begin_read(entry, now)
+                self._refresh_disk_copy(entry)
                 self._inflight += 1
         if slow:  # a lower tier holds it: the batch path reads (and promotes) it
             return self._get_many([key], None if out is None else [out])[0]
@@ -443,7 +445,9 @@ class TieredStore(TierMoves):
                     if count:
                         self._counters.miss(self._ghosts.reason(key))
                 else:
-                    hit[1].begin_read(hit[0], now)
+                    hit[1].begin_read(hit[0], now, refresh=count)
+                    if count and hit[2] is self._first_tier:
+                        self._refresh_disk_copy(hit[0])
             reading = any(hit is not None for hit in found)
             if not reading:
                 return [None] * len(keys)
@@ -481,6 +485,17 @@ class TieredStore(TierMoves):
         if lower and (promote if promote is not None else self.config.disk.promote_on_read):
             self._promote([(keys[i], results[i], found[i][0]) for i in lower if outcomes[i]])
         return results
+
+    def _refresh_disk_copy(self, entry: Entry) -> None:
+        """A host hit refreshed ``entry``'s window: the disk copy (if any) keeps the same
+        deadline, so it neither expires under a live page nor comes back stale after a restart.
+        Caller holds the lock."""
+        if self._disk_index is None or not self._first_index.refresh_on_read:
+            return
+        on_disk = self._disk_index.entries.get(entry.key)
+        if on_disk is not None and on_disk.deadline != entry.deadline:
+            self._disk_index.set_deadline(on_disk, entry.deadline)
+            self._disk_reads[entry.key] = time.time()  # persisted at close
 
     def _read_disk(self, positions: list[int], found: list, outs: list[memoryview] | None,
                    outcomes: list[bool | None], results: list[memoryview | None]) -> None:
