@@ -20,6 +20,7 @@
 #include "checksum.h"
 #include "copy.h"
 #include "io.h"
+#include "shuffle.h"
 
 namespace py = pybind11;
 
@@ -312,6 +313,37 @@ double raw_io_bench(py::handle path_obj, py::handle page_obj, py::handle batch_o
   }
 }
 
+// shuffle()/unshuffle(): the byte-plane filter of the shuffle-zstd codec (shuffle.h).
+void shuffle_call(py::handle dst_obj, py::handle src_obj, py::handle elem_obj, bool forward) {
+  const char* func = forward ? "shuffle" : "unshuffle";
+  kvtier::ByteView dst, src;
+  if (!dst.acquire(dst_obj.ptr(), /*writable=*/true, func, "dst")) throw py::error_already_set();
+  if (!src.acquire(src_obj.ptr(), /*writable=*/false, func, "src")) throw py::error_already_set();
+  const std::size_t elem = size_arg(elem_obj, func, "element_bytes");
+  if (elem != 1 && elem != 2 && elem != 4) {
+    PyErr_Format(PyExc_ValueError, "%s(): element_bytes must be 1, 2 or 4, got %zu", func, elem);
+    throw py::error_already_set();
+  }
+  const std::size_t n = dst.size();
+  if (n != src.size()) {
+    PyErr_Format(PyExc_ValueError, "%s(): size mismatch: dst has %zu bytes, src has %zu bytes",
+                 func, n, src.size());
+    throw py::error_already_set();
+  }
+  auto* out = static_cast<std::uint8_t*>(dst.data());
+  const auto* in = static_cast<const std::uint8_t*>(src.data());
+  if (out < in + n && in < out + n && n > 0) {
+    PyErr_Format(PyExc_ValueError, "%s(): dst and src overlap", func);
+    throw py::error_already_set();
+  }
+  py::gil_scoped_release nogil;
+  if (forward) {
+    kvtier::shuffle_bytes(out, in, n, static_cast<int>(elem));
+  } else {
+    kvtier::unshuffle_bytes(out, in, n, static_cast<int>(elem));
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -388,4 +420,18 @@ PYBIND11_MODULE(_native, m) {
         py::arg("count"), py::arg("write"),
         "raw_io_bench(path, page_bytes, batch, count, write)\n--\n\n"
         "Seconds to move count pages of page_bytes to/from path, batch per io_batch (O_DIRECT).");
+
+  // Codec filter (csrc/shuffle.h).
+  m.def(
+      "shuffle",
+      [](py::handle dst, py::handle src, py::handle elem) { shuffle_call(dst, src, elem, true); },
+      py::arg("dst"), py::arg("src"), py::arg("element_bytes"),
+      "shuffle(dst, src, element_bytes)\n--\n\n"
+      "Split src into byte planes (bit planes for 1-byte elements) in dst, tail unchanged.");
+  m.def(
+      "unshuffle",
+      [](py::handle dst, py::handle src, py::handle elem) { shuffle_call(dst, src, elem, false); },
+      py::arg("dst"), py::arg("src"), py::arg("element_bytes"),
+      "unshuffle(dst, src, element_bytes)\n--\n\n"
+      "Reassemble elements from the byte planes (bit planes for 1-byte elements) of src.");
 }

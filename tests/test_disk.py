@@ -25,6 +25,7 @@ def config(path: Path | list[Path], *, host_slots: int = 4, disk_slots: int = 64
     paths = [str(p) for p in path] if isinstance(path, list) else [str(path)]
     disk_kwargs.setdefault("min_free_bytes", 0)
     disk_kwargs.setdefault("fsync", "never")
+    disk_kwargs.setdefault("codec", "none")  # tests below flip bytes at raw offsets
     return StoreConfig(
         host=HostTierConfig(capacity_bytes=host_slots * slot_bytes, slot_bytes=slot_bytes, prefault=False),
         disk=DiskTierConfig(paths=paths, capacity_bytes=disk_slots * slot_bytes, **disk_kwargs))

@@ -30,11 +30,12 @@ import pytest
 import kvtier
 from kvtier import HostTierConfig, StoreConfig, TieredStore
 from kvtier import native
+from kvtier.codec import decode_into
 from kvtier.config import DiskTierConfig
 from kvtier.errors import TierInUseError
 from kvtier.tiers.disk import ALIGN, DATA_FILE, INDEX_DIR
 from kvtier.tiers.disk_index import DiskIndex, DiskRecord
-from kvtier.tiers.pageformat import FORMAT_VERSION, HEADER_BLOCK, header_matches
+from kvtier.tiers.pageformat import FORMAT_VERSION, HEADER_BLOCK, parse_header
 
 SLOT = 8192
 DISK_SLOTS = 256
@@ -218,9 +219,13 @@ def _check_index_and_files(paths: list[Path], disk_slots: int) -> int:
             assert 0 <= record.slot < disk_slots and 0 < record.raw_len <= SLOT, record
             fh = files[record.slot % len(paths)]
             fh.seek(record.slot // len(paths) * stride)
-            blob = fh.read(HEADER_BLOCK + record.raw_len)
-            assert header_matches(memoryview(blob), key, record.raw_len, record.checksum), record
-            assert native.checksum(blob[HEADER_BLOCK:]) == record.checksum, record
+            blob = fh.read(HEADER_BLOCK + record.stored_len)
+            fmt = parse_header(memoryview(blob), key, record.raw_len, record.checksum)
+            assert fmt is not None and (fmt.codec, fmt.stored_len) == (record.codec, record.stored_len), record
+            page = bytearray(record.raw_len)  # pages may be compressed (codec "auto" probes)
+            decode_into(fmt.codec, memoryview(blob)[HEADER_BLOCK:], memoryview(page),
+                        element_bytes=fmt.element_bytes)
+            assert native.checksum(page) == record.checksum, record
     finally:
         for fh in files:
             fh.close()

@@ -39,11 +39,12 @@ def key(name: bytes) -> bytes:
     return bytes(DEFAULT_NAMESPACE.key_for_bytes(name))
 
 
-def config(*paths: Path) -> StoreConfig:
+def config(*paths: Path, codec: str = "none") -> StoreConfig:
+    """``codec="none"`` by default: most tests below damage bytes at raw-page offsets."""
     return StoreConfig(
         host=HostTierConfig(capacity_bytes=4 * SLOT, slot_bytes=SLOT, prefault=False),
         disk=DiskTierConfig(paths=[str(p) for p in paths], capacity_bytes=64 * SLOT,
-                            min_free_bytes=0, fsync="never", namespace="test-model"))
+                            min_free_bytes=0, fsync="never", namespace="test-model", codec=codec))
 
 
 def fill(*paths: Path) -> None:
@@ -278,3 +279,17 @@ def test_inspect_works_beside_an_open_store_and_changes_nothing(tier):
         assert doc["ok"] and doc["entries"] == len(SIZES)
         assert doc["in_use_by_pid"] in (os.getpid(), None)  # None where /proc/locks is hidden
         assert store.put(b"g", page(9, 3000))  # the store still owns and writes its directory
+
+
+def test_compressed_pages_verify_and_a_damaged_one_is_named(tmp_path):
+    tier = tmp_path / "kv"
+    with TieredStore(config(tier, codec="shuffle-zstd")) as store:
+        for i, (name, size) in enumerate(SIZES.items()):
+            assert store.put(name, page(i, size))
+    found = records(tier)
+    assert all(r.codec == 2 and r.stored_len < r.raw_len for r in found.values())
+    assert report(str(tier), "--verify")["ok"]
+    victim = key(b"e")
+    flip_payload_byte(tier, found[victim].slot, at=found[victim].stored_len // 2)
+    doc = report(str(tier), "--verify", code=1)
+    assert problems(doc) == {victim: "checksum mismatch"}

@@ -433,3 +433,44 @@ def _bench_error(what: str, offset: int, got: int, page_bytes: int, path: Any) -
         return OSError(-got, message, path)
     message = f"raw_io_bench(): short {what} at offset {offset}: {got} of {page_bytes} bytes"
     return OSError(errno.EIO, message, path)
+
+
+# -- codec filter (csrc/shuffle.cpp) -------------------------------------------------------------
+def shuffle(dst: Any, src: Any, element_bytes: int) -> None:
+    """Split src into byte planes (bit planes for 1-byte elements) in dst, tail unchanged."""
+    _shuffle_call(dst, src, element_bytes, True)
+
+
+def unshuffle(dst: Any, src: Any, element_bytes: int) -> None:
+    """Reassemble elements from the byte planes (bit planes for 1-byte elements) of src."""
+    _shuffle_call(dst, src, element_bytes, False)
+
+
+def _shuffle_call(dst: Any, src: Any, element_bytes: int, forward: bool) -> None:
+    import numpy as np  # a dependency of matplotlib, so always installed with kvtier
+
+    func = "shuffle" if forward else "unshuffle"
+    with _byte_view(dst, True, func, "dst") as d, _byte_view(src, False, func, "src") as s:
+        elem = _nonnegative_index(element_bytes, func, "element_bytes")
+        if elem not in (1, 2, 4):
+            raise ValueError(f"{func}(): element_bytes must be 1, 2 or 4, got {elem}")
+        n = d.nbytes
+        if n != s.nbytes:
+            raise ValueError(f"{func}(): size mismatch: dst has {n} bytes, src has {s.nbytes} bytes")
+        if n and address(d) < address(s) + n and address(s) < address(d) + n:
+            raise ValueError(f"{func}(): dst and src overlap")
+        out, inp = np.frombuffer(d, np.uint8), np.frombuffer(s, np.uint8)
+        group = 8 if elem == 1 else elem
+        body = n - n % group
+        if elem == 1:
+            if forward:  # (count, 8 bits) -> (8 planes, count bits), packed MSB first
+                bits = np.unpackbits(inp[:body].reshape(-1, 1), axis=1)
+                out[:body] = np.packbits(bits.T, axis=1).reshape(-1)
+            else:
+                planes = np.unpackbits(inp[:body].reshape(8, -1), axis=1)
+                out[:body] = np.packbits(planes.T, axis=1).reshape(-1)
+        elif forward:
+            out[:body] = inp[:body].reshape(-1, elem).T.reshape(-1)
+        else:
+            out[:body] = inp[:body].reshape(elem, -1).T.reshape(-1)
+        out[body:] = inp[body:]

@@ -148,6 +148,15 @@ class DiskTierConfig:
         namespace: a label of what this directory caches (e.g. ``Namespace(...).digest.hex()``
             or ``"llama-3-8b@rev1"``); a directory created with one label refuses to open with
             another. Empty: not checked.
+        codec: how pages are stored on this tier: ``"none"``, ``"zstd"``, ``"shuffle-zstd"``
+            (byte planes, then zstd: the best ratio on KV pages), or ``"auto"`` (default:
+            ``shuffle-zstd`` only while the measured codec speed and ratio make the tier faster
+            end to end than ``none`` does, else ``none``; see ``kvtier.codec``). Lossless
+            always; each page records its codec, so the setting may change between runs.
+        codec_level: the zstd level (1 is fastest; higher trades speed for a little ratio).
+        codec_element_bytes: element size of the pages' numbers for ``shuffle-zstd``: 2 for
+            fp16/bf16 (default), 1 for fp8 (bit planes), 4 for fp32. A wrong value costs ratio,
+            never correctness.
     """
 
     paths: tuple[str, ...] = ()
@@ -162,6 +171,9 @@ class DiskTierConfig:
     promote_on_read: bool = True
     flush_on_close: bool = True
     namespace: str = ""
+    codec: str = "auto"
+    codec_level: int = 1
+    codec_element_bytes: int = 2
 
     def __post_init__(self) -> None:
         _set_sizes(self, ("capacity_bytes", "slot_bytes", "min_free_bytes"))
@@ -184,6 +196,7 @@ class DiskTierConfig:
             raise ConfigError(f"disk.sync_interval_s must be > 0, got {self.sync_interval_s!r}")
         if self.capacity_bytes <= 0:
             raise ConfigError(f"disk.capacity_bytes must be > 0, got {self.capacity_bytes}")
+        _check_codec("disk", self.codec, self.codec_level, self.codec_element_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,3 +367,14 @@ def _set_sizes(obj: Any, names: tuple[str, ...]) -> None:
             object.__setattr__(obj, name, parse_size(value))
         elif not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{name} must be an int number of bytes or a size string, got {value!r}")
+
+
+def _check_codec(tier: str, codec: str, level: int, element_bytes: int) -> None:
+    from .codec import CODEC_CHOICES, ELEMENT_BYTES
+
+    if codec not in CODEC_CHOICES:
+        raise ConfigError(f"{tier}.codec must be one of {CODEC_CHOICES}, got {codec!r}")
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 19:
+        raise ConfigError(f"{tier}.codec_level must be an int from 1 to 19, got {level!r}")
+    if element_bytes not in ELEMENT_BYTES:
+        raise ConfigError(f"{tier}.codec_element_bytes must be one of {ELEMENT_BYTES}, got {element_bytes!r}")

@@ -17,7 +17,6 @@ from .keys import BlockKey
 from .errors import InvalidArgumentError, StoreClosedError
 from .tiers.disk import DiskTier
 from .tiers.disk_index import DiskRecord
-from .tiers.pageformat import CODEC_NONE
 
 
 class TierMoves:
@@ -149,7 +148,8 @@ class TierMoves:
                                        entry.ttl_s, checksums[i])
                         records.append((bytes(entry.key), _record(
                             reservation.location, entry.nbytes, checksums[i], entry.deadline,
-                            entry.ttl_s, now, wall)))
+                            entry.ttl_s, now, wall,
+                            disk.stored_format(reservation.location, entry.nbytes))))
                         published.append(entry)
                     else:
                         dindex.abort(reservation)
@@ -219,9 +219,11 @@ class TierMoves:
 
 
 def _record(slot: int, nbytes: int, checksum: int, deadline: float | None, ttl_s: float | None,
-            now: float, wall: float) -> DiskRecord:
-    """The durable index record of a page written to ``slot`` (deadline converted to wall time)."""
-    return DiskRecord(slot, nbytes, nbytes, checksum, CODEC_NONE, wall, wall,
+            now: float, wall: float, stored: tuple[int, int]) -> DiskRecord:
+    """The durable index record of a page written to ``slot`` as ``stored`` = (codec,
+    payload length), its deadline converted to wall time."""
+    codec, stored_len = stored
+    return DiskRecord(slot, nbytes, stored_len, checksum, codec, wall, wall,
                       None if deadline is None else wall + (deadline - now), ttl_s)
 
 

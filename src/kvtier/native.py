@@ -64,6 +64,8 @@ __all__ = [
     "set_copy_threshold",
     "set_io_engine",
     "set_io_threads",
+    "shuffle",
+    "unshuffle",
 ]
 
 _ENV = "KVTIER_NATIVE"
@@ -132,3 +134,9 @@ io_threads: Callable[[], int] = _impl.io_threads
 """Number of threads (caller included) that share a threads-engine batch."""
 raw_io_bench: Callable[[Any, int, int, int, Any], float] = _impl.raw_io_bench
 """Seconds to move count pages of page_bytes to/from path, batch per io_batch (O_DIRECT)."""
+
+# Codec filter (see kvtier/codec.py): element_bytes 2 or 4 split byte planes, 1 bit planes.
+shuffle: Callable[[Any, Any, int], None] = _impl.shuffle
+"""Split src into byte planes (bit planes for 1-byte elements) in dst, tail unchanged."""
+unshuffle: Callable[[Any, Any, int], None] = _impl.unshuffle
+"""Reassemble elements from the byte planes (bit planes for 1-byte elements) of src."""

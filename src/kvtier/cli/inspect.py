@@ -29,7 +29,8 @@ from .. import native
 from ..config import format_size
 from ..tiers.disk import DATA_FILE, INDEX_DIR, LOCK_FILE, align_up
 from ..tiers.disk_index import KEY_BYTES, DiskRecord
-from ..tiers.pageformat import CODEC_NONE, FORMAT_VERSION, HEADER_BLOCK, MAGIC, read_header
+from ..codec import CODEC_NAMES, CODEC_NONE, CodecError, decode_into
+from ..tiers.pageformat import FORMAT_VERSION, HEADER_BLOCK, MAGIC, format_valid, read_header
 
 err = Console(stderr=True)
 
@@ -274,16 +275,19 @@ def _scan(raw_records: list[tuple[bytes, bytes]], layout: Layout) -> Scan:
 
 
 def _record_problem(record: DiskRecord, layout: Layout) -> tuple[str, str] | None:
-    if record.codec != CODEC_NONE:
-        return INVALID, f"codec {record.codec}, this kvtier reads {CODEC_NONE}"
+    if record.codec not in CODEC_NAMES:
+        return INVALID, f"codec {record.codec}, this kvtier reads {sorted(CODEC_NAMES)}"
     if not 0 < record.raw_len <= layout.slot_bytes:
         return INVALID, f"raw_len {record.raw_len} not in 1..slot_bytes ({layout.slot_bytes})"
-    if record.stored_len != record.raw_len:
+    if record.codec == CODEC_NONE and record.stored_len != record.raw_len:
         return INVALID, f"stored_len {record.stored_len} != raw_len {record.raw_len} (codec none)"
+    if record.codec != CODEC_NONE and not 0 < record.stored_len < record.raw_len:
+        return INVALID, (f"stored_len {record.stored_len} not in 1..raw_len-1 ({record.raw_len - 1}) "
+                         f"(codec {CODEC_NAMES[record.codec]})")
     data, offset = layout.locate(record.slot)
     if not data.exists:
         return MISSING_FILE, f"{data.path} does not exist"
-    need = HEADER_BLOCK + align_up(record.raw_len)
+    need = HEADER_BLOCK + align_up(record.stored_len)
     if offset >= data.apparent_bytes:
         return OUT_OF_RANGE, (f"slot {record.slot} starts at byte {offset}, past the end of "
                               f"{data.path} ({data.apparent_bytes} bytes, {data.slots} slots): "
@@ -314,7 +318,7 @@ def _verify(records: list[tuple[bytes, DiskRecord]], layout: Layout,
         order = sorted(records, key=lambda kr: (kr[1].slot % len(layout.files), kr[1].slot))
         for key, record in order:
             data, offset = layout.locate(record.slot)
-            need = HEADER_BLOCK + align_up(record.raw_len)
+            need = HEADER_BLOCK + align_up(record.stored_len)
             try:
                 if data.path not in fds:
                     fds[data.path] = _open_read_only(data.path)
@@ -352,15 +356,24 @@ def _page_problem(page: memoryview, key: bytes, record: DiskRecord) -> tuple[str
         return BAD_HEADER, "the header's own checksum does not match (header bytes damaged)"
     if header["key"] != key:
         return KEY_MISMATCH, f"the slot holds the page of {_short(header['key'])}"
-    if header["version"] != FORMAT_VERSION or header["codec"] != CODEC_NONE:
-        return HEADER_MISMATCH, f"header format {header['version']} codec {header['codec']}"
-    if header["raw_len"] != record.raw_len or header["stored_len"] != record.raw_len:
+    if header["version"] != FORMAT_VERSION or header["codec"] != record.codec:
+        return HEADER_MISMATCH, (f"header format {header['version']} codec {header['codec']}, "
+                                 f"record codec {record.codec}")
+    if header["raw_len"] != record.raw_len or header["stored_len"] != record.stored_len:
         return HEADER_MISMATCH, (f"header lengths raw {header['raw_len']} stored {header['stored_len']}, "
-                                 f"record {record.raw_len}")
+                                 f"record raw {record.raw_len} stored {record.stored_len}")
     if header["checksum"] != record.checksum:
         return HEADER_MISMATCH, (f"header checksum {header['checksum']:#018x}, "
                                  f"record {record.checksum:#018x} (another version of the page)")
-    actual = native.checksum(page[HEADER_BLOCK:HEADER_BLOCK + record.raw_len])
+    if not format_valid(header["codec"], header["raw_len"], header["stored_len"], header["element_bytes"]):
+        return HEADER_MISMATCH, f"header flags {header['element_bytes']} invalid for codec {header['codec']}"
+    raw = memoryview(bytearray(record.raw_len))
+    try:
+        decode_into(record.codec, page[HEADER_BLOCK:HEADER_BLOCK + record.stored_len], raw,
+                    element_bytes=header["element_bytes"])
+    except CodecError as exc:
+        return CHECKSUM_MISMATCH, f"payload does not decode ({CODEC_NAMES[record.codec]}): {exc}"
+    actual = native.checksum(raw)
     if actual != record.checksum:
         return CHECKSUM_MISMATCH, f"payload xxh3-64 {actual:#018x}, record {record.checksum:#018x}"
     return None

@@ -30,12 +30,13 @@ from typing import Iterator, Sequence
 import lmdb
 
 from .. import native
+from ..codec import CODEC_NAMES, CODEC_NONE, CODEC_SHUFFLE_ZSTD, CodecChooser, CodecError
 from ..config import DiskTierConfig
 from ..errors import ConfigError, TierInUseError
 from ..keys import BlockKey
 from .base import TierCapabilities
 from .disk_index import DiskIndex, DiskRecord
-from .pageformat import CODEC_NONE, FORMAT_VERSION, HEADER_BLOCK, header_matches, pack_header
+from .pageformat import FORMAT_VERSION, HEADER_BLOCK, PageFormat, pack_header, parse_header
 
 ALIGN = 4096
 DATA_FILE = "slots.dat"
@@ -78,6 +79,9 @@ class DiskTier:
         self._fds: list[int] = []
         self._index: DiskIndex | None = None
         self._submit_pool: ThreadPoolExecutor | None = None
+        self.codec = CodecChooser(config.codec, element_bytes=config.codec_element_bytes,
+                                  level=config.codec_level)
+        self._formats: dict[int, PageFormat] = {}  # slot -> format of a compressed page
         try:
             self._open()
         except BaseException:
@@ -205,11 +209,13 @@ class DiskTier:
             except Exception:  # a corrupted record or key: drop it, fail closed
                 bad.append(raw_key)
                 continue
-            if (record.slot >= self.slot_count or record.slot in seen or record.codec != CODEC_NONE
-                    or not 0 < record.raw_len <= self.slot_bytes or record.stored_len != record.raw_len):
+            if (record.slot >= self.slot_count or record.slot in seen
+                    or not 0 < record.raw_len <= self.slot_bytes or not _record_format_valid(record)):
                 bad.append(raw_key)
                 continue
             seen.add(record.slot)
+            if record.codec != CODEC_NONE:
+                self._formats[record.slot] = PageFormat(record.codec, record.stored_len)
             yield key, record
         if bad:
             self._index.delete_many(bad)
@@ -233,16 +239,20 @@ class DiskTier:
         """Write pages (header block + payload, one transfer each) into their slots; per page,
         the xxh3-64 of its bytes once it is stored, or ``None`` where a write failed (the page
         is then not stored; ENOSPC and I/O errors are counted, never raised). ``checksums[i]``
-        may be ``None``: it is computed here.
+        may be ``None``: it is computed here. Each page is encoded with the codec the tier's
+        ``CodecChooser`` picks for this batch (``stored_format`` says which, per slot).
 
         The batch is cut into up to ``_PIPELINE`` chunks: while one chunk is on its way to disk
-        (on the submit threads, GIL released), this thread hashes the next, so hashing hides
-        behind I/O instead of adding to it.
+        (on the submit threads, GIL released), this thread hashes and encodes the next, so that
+        work hides behind I/O instead of adding to it.
         """
         staging = _Staging([s.nbytes for s in srcs], self.direct_io)
         count = len(srcs)
         step = max(1, -(-count // _PIPELINE))
+        codec = self.codec.pick()
+        probe = codec == CODEC_NONE and count > 0 and self.codec.should_probe()
         sums: list[int] = []
+        formats: list[PageFormat] = []
         pending = []
         pool = self._submitter()
         for first in range(0, count, step):
@@ -250,32 +260,61 @@ class DiskTier:
             for i in range(first, min(first + step, count)):
                 src = srcs[i]
                 sums.append(checksums[i] if checksums[i] is not None else native.checksum(src))
-                header = staging.header(i)
-                pack_header(header, keys[i], src.nbytes, src.nbytes, sums[i])
-                iov = staging.payload_iovecs(i, src, for_write=True)
+                fmt, payload = self._encode(src, codec, probe=probe and i == 0)
+                formats.append(fmt)
+                pack_header(staging.header(i), keys[i], src.nbytes, fmt.stored_len, sums[i],
+                            fmt.codec, fmt.element_bytes)
+                iov = staging.payload_iovecs(i, payload, for_write=True)
                 fd, offset = self._location(slots[i])
                 fds.append(fd)
                 offsets.append(offset)
-                iovecs.append([header, *iov])
+                iovecs.append([staging.header(i), *iov])
                 expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
-            pending.append((fds, expected, pool.submit(native.io_batch, True, fds, offsets, iovecs)))
+            pending.append((fds, expected, pool.submit(_timed_io, True, fds, offsets, iovecs)))
         stored: list[int | None] = []
         written_fds: set[int] = set()
         failures: list[int] = []
+        spans: list[tuple[float, float]] = []
         for fds, expected, future in pending:
-            for fd, want, got in zip(fds, expected, future.result()):
+            results, span = future.result()
+            spans.append(span)
+            for fd, want, got in zip(fds, expected, results):
+                i = len(stored)
                 if got == want:
-                    stored.append(sums[len(stored)])
+                    stored.append(sums[i])
                     written_fds.add(fd)
+                    self._set_format(slots[i], formats[i])
+                    self.codec.observe_written(srcs[i].nbytes, formats[i].stored_len)
                 else:
                     stored.append(None)
                     failures.append(got)
+        self.codec.observe_io(True, sum(sum(e) for _, e, _ in pending), _busy_seconds(spans))
         if failures:
             self._count_failures(failures)
         if self.config.fsync == "always":
             for fd in written_fds:
                 os.fdatasync(fd)
         return stored
+
+    def _encode(self, src: memoryview, codec: int, *, probe: bool) -> tuple[PageFormat, memoryview]:
+        if probe:
+            codec = self.codec.candidate
+        used, payload = self.codec.encode(codec, src, probe=probe)
+        if used == CODEC_NONE:
+            return PageFormat(CODEC_NONE, src.nbytes), src
+        element = self.codec.element_bytes if used == CODEC_SHUFFLE_ZSTD else 0
+        return PageFormat(used, len(payload), element), memoryview(payload)
+
+    def _set_format(self, slot: int, fmt: PageFormat) -> None:
+        if fmt.codec == CODEC_NONE:
+            self._formats.pop(slot, None)
+        else:
+            self._formats[slot] = PageFormat(fmt.codec, fmt.stored_len)
+
+    def stored_format(self, slot: int, raw_len: int) -> tuple[int, int]:
+        """``(codec id, stored length)`` of the page last written to ``slot`` (for its record)."""
+        fmt = self._formats.get(slot)
+        return (CODEC_NONE, raw_len) if fmt is None else (fmt.codec, fmt.stored_len)
 
     def _submitter(self) -> ThreadPoolExecutor:
         """Threads that issue write chunks while the caller hashes the next (started on first use)."""
@@ -286,8 +325,9 @@ class DiskTier:
 
     def read_many(self, slots: Sequence[int], keys: Sequence[bytes], dsts: Sequence[memoryview],
                   checksums: Sequence[int]) -> list[bool]:
-        """Read pages into ``dsts`` (each exactly the stored length) and verify header and
-        checksum; ``False`` for any page that is short, unreadable or does not verify.
+        """Read pages into ``dsts`` (each exactly the stored length), decode them and verify
+        header and checksum; ``False`` for any page that is short, unreadable, does not decode
+        or does not verify.
 
         Chunks of the batch are read concurrently on the submit threads; each is verified as
         soon as it lands, so hashing overlaps with the reads still in flight.
@@ -295,36 +335,57 @@ class DiskTier:
         staging = _Staging([d.nbytes for d in dsts], self.direct_io)
         count = len(dsts)
         step = count if count < 2 * _PIPELINE else -(-count // _PIPELINE)
+        formats = [self._formats.get(slot) for slot in slots]
         pending = []
         for first in range(0, count, step):
             chunk = range(first, min(first + step, count))
             fds, offsets, iovecs, expected = [], [], [], []
             for i in chunk:
                 fd, offset = self._location(slots[i])
-                iov = staging.payload_iovecs(i, dsts[i], for_write=False)
+                if formats[i] is None:
+                    iov = staging.payload_iovecs(i, dsts[i], for_write=False)
+                else:
+                    iov = [staging.scratch(i, formats[i].stored_len)]
                 fds.append(fd)
                 offsets.append(offset)
                 iovecs.append([staging.header(i), *iov])
                 expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
             args = (False, fds, offsets, iovecs)
-            future = self._submitter().submit(native.io_batch, *args) if step < count else None
+            future = self._submitter().submit(_timed_io, *args) if step < count else None
             pending.append((chunk, expected, future, args))
         ok: list[bool] = []
         failures: list[int] = []
+        spans: list[tuple[float, float]] = []
         for chunk, expected, future, args in pending:
-            results = future.result() if future is not None else native.io_batch(*args)
+            results, span = future.result() if future is not None else _timed_io(*args)
+            spans.append(span)
             for i, got, want in zip(chunk, results, expected):
-                good = got == want and header_matches(staging.header(i), keys[i], dsts[i].nbytes,
-                                                      checksums[i])
-                if good:
-                    staging.finish_read(i, dsts[i])
-                    good = native.checksum(dsts[i]) == checksums[i]
+                good = got == want and self._finish_read(staging, i, keys[i], dsts[i], checksums[i],
+                                                         formats[i])
                 ok.append(good)
                 if got < 0:
                     failures.append(got)
+        self.codec.observe_io(False, sum(sum(e) for _, e, _, _ in pending), _busy_seconds(spans))
         if failures:
             self._count_failures(failures)
         return ok
+
+    def _finish_read(self, staging: "_Staging", i: int, key: bytes, dst: memoryview, checksum: int,
+                     expected: PageFormat | None) -> bool:
+        """Check the header against what the index says, decode, verify the checksum."""
+        fmt = parse_header(staging.header(i), key, dst.nbytes, checksum)
+        if fmt is None or (fmt.codec, fmt.stored_len) != ((CODEC_NONE, dst.nbytes) if expected is None
+                                                          else (expected.codec, expected.stored_len)):
+            return False
+        if expected is None:
+            staging.finish_read(i, dst)
+        else:
+            try:
+                self.codec.decode_into(fmt.codec, staging.scratch(i, fmt.stored_len)[:fmt.stored_len],
+                                       dst)
+            except CodecError:
+                return False
+        return native.checksum(dst) == checksum
 
     # -- index -------------------------------------------------------------------------------
     def commit(self, items: list[tuple[bytes, DiskRecord]]) -> bool:
@@ -385,7 +446,7 @@ class DiskTier:
         return {"direct_io": self.direct_io, "io_errors": self.io_errors, "enospc": self.enospc,
                 "index_errors": self.index_errors, "preallocated_bytes": self.preallocated_bytes,
                 "dropped_at_open": self.dropped_at_open, "io_engine": native.io_engine(),
-                "paths": [str(p) for p in self.paths]}
+                "paths": [str(p) for p in self.paths], **self.codec.stats()}
 
     def close(self) -> None:
         if self._submit_pool is not None:
@@ -458,12 +519,41 @@ class _Staging:
         self._bounced[i] = rest
         return iov
 
+    def scratch(self, i: int, nbytes: int) -> memoryview:
+        """Page ``i``'s aligned bounce area, ``align_up(nbytes)`` long (a compressed payload)."""
+        start = self._tail_at[i]
+        return self._view[start:start + align_up(nbytes)]
+
     def finish_read(self, i: int, buf: memoryview) -> None:
         """Copy the bounced part of a read into the caller's buffer."""
         rest = self._bounced[i]
         if rest:
             start = self._tail_at[i]
             native.copy(buf[buf.nbytes - rest:], self._view[start:start + rest])
+
+
+def _timed_io(write: bool, fds: list[int], offsets: list[int],
+              iovecs: list[list[memoryview]]) -> tuple[list[int], tuple[float, float]]:
+    """``native.io_batch`` plus the ``(start, end)`` of the transfer, for bandwidth figures."""
+    start = time.perf_counter()
+    results = native.io_batch(write, fds, offsets, iovecs)
+    return results, (start, time.perf_counter())
+
+
+def _busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """How long at least one of the (possibly overlapping) transfers was in flight."""
+    busy, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
+def _record_format_valid(record: DiskRecord) -> bool:
+    if record.codec == CODEC_NONE:
+        return record.stored_len == record.raw_len
+    return record.codec in CODEC_NAMES and 0 < record.stored_len < record.raw_len
 
 
 def _lock_directory(path: Path) -> int:

@@ -1,0 +1,1 @@
+"""Data files shipped with kvtier (real KV-cache pages in ``kvpages/``)."""
