@@ -218,6 +218,9 @@ class StoreConfig:
             miss reports why (``evicted``/``expired``/``corrupt`` instead of ``never_stored``).
         async_workers: threads serving ``put_async``/``get_async`` (started on first use).
         copy_threads: threads of the native copy for large pages (0: automatic).
+        transfer_queue_depth: jobs each transfer-engine route (``"disk->host"``, ...) queues
+            before a submitter blocks (backpressure; see ``kvtier.transfer``).
+        block_tokens: tokens per page, for ``plan()`` (load vs recompute); a call may override it.
     """
 
     host: HostTierConfig = field(default_factory=HostTierConfig)
@@ -229,6 +232,8 @@ class StoreConfig:
     ghost_entries: int = 65536
     async_workers: int = 4
     copy_threads: int = 0
+    transfer_queue_depth: int = 256
+    block_tokens: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, HostTierConfig):
@@ -255,8 +260,9 @@ class StoreConfig:
         for name in ("ghost_entries", "copy_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.async_workers < 1:
-            raise ConfigError(f"async_workers must be >= 1, got {self.async_workers}")
+        for name in ("async_workers", "transfer_queue_depth", "block_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "StoreConfig":

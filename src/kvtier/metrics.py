@@ -48,6 +48,7 @@ class StoreStats:
     hits: int
     misses: dict[str, int]      # MissReason value -> count
     native_backend: str         # "native" or "python" (kvtier.native.backend)
+    routes: dict = field(default_factory=dict)  # transfer route -> kvtier.transfer.RouteStats
 
     @property
     def miss_count(self) -> int:

@@ -16,7 +16,18 @@ from .index import Entry, Reservation
 from .keys import BlockKey
 from .errors import InvalidArgumentError, StoreClosedError
 from .tiers.disk import DiskTier
+from .transfer import TransferEngine
 from .tiers.disk_index import DiskRecord
+
+
+HOST_READS = "host->caller"   # hits copied out of the host tier (measured, never queued)
+DISK_WRITES = "host->disk"    # write-back, write-through and flush batches
+DISK_READS = "disk->host"     # disk hits, promotions, and the queued prefetches
+
+
+def make_engine(queue_depth: int) -> TransferEngine:
+    """The store's transfer engine: one route per direction between its tiers."""
+    return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2}, queue_depth=queue_depth)
 
 
 class TierMoves:
@@ -47,23 +58,37 @@ class TierMoves:
             if stored == 0:  # the disk admits nothing more (full of pins, or failing)
                 return written
 
-    def prefetch(self, keys: Sequence[Any]) -> "Future[int]":
-        """Warm the host tier with whichever of ``keys`` are only on disk, on a worker thread;
-        the future gives how many pages were brought up. Not counted as reads in ``stats``."""
+    def prefetch(self, keys: Sequence[Any], *, deadline_s: float | None = None) -> "Future[int]":
+        """Warm the host tier with whichever of ``keys`` are only on disk, on the transfer
+        engine's ``disk->host`` workers (prefetches queued together become one batched read);
+        the future gives how many pages were brought up. Not counted as reads in ``stats``,
+        and opens no TTL window. A prefetch not started within ``deadline_s`` seconds never
+        runs, and its future fails with ``DeadlineExceeded`` at the deadline either way."""
         checked = [self._key(k) for k in keys]
-        return self._submit(self._prefetch, checked)
-
-    def _prefetch(self, keys: list[BlockKey]) -> int:
-        if self._disk is None:
-            return 0
         with self._lock:
             self._check_open()
+        try:
+            return self._engine.submit_item(DISK_READS, self._prefetch_batch, checked, deadline_s=deadline_s)
+        except StoreClosedError:
+            raise StoreClosedError("this TieredStore is closed; open a new one") from None
+
+    def _prefetch_batch(self, requests: list[list[BlockKey]]) -> list[int]:
+        """One batched read for several prefetch requests; pages brought up, per request."""
+        brought = self._prefetch([key for keys in requests for key in keys])
+        return [sum(key in brought for key in dict.fromkeys(keys)) for keys in requests]
+
+    def _prefetch(self, keys: list[BlockKey]) -> set[BlockKey]:
+        if self._disk is None:
+            return set()
+        with self._lock:
+            if self._closed:
+                return set()
             host = self._first_index.entries
             lower = [k for k in dict.fromkeys(keys) if k not in host and k in self._disk_index.entries]
         if not lower:
-            return 0
+            return set()
         got = self._get_many(lower, None, count=False, promote=True)
-        return sum(view is not None for view in got)
+        return {key for key, view in zip(lower, got) if view is not None}
 
     def _forget_disk_page(self, entry: Entry) -> None:
         """A page left the disk tier: delete its index record (before the slot is reused)."""
@@ -133,7 +158,8 @@ class TierMoves:
         checksums: list[int | None] = []
         try:
             if todo:
-                checksums = disk.write_many(
+                checksums = self._engine.run(
+                    DISK_WRITES, sum(e.nbytes for e, _ in todo), disk.write_many,
                     [r.location for _, r in todo], [e.key for e, _ in todo],
                     [host.slot_view(e.location, e.nbytes) for e, _ in todo],
                     [e.checksum for e, _ in todo])

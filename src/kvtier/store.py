@@ -21,7 +21,8 @@ from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, Invalid
 from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
 from .keys import DEFAULT_NAMESPACE, BlockKey
 from .metrics import MissReason, StoreCounters, StoreStats, TierStats
-from .movement import TierMoves, aligned_buffer
+from .movement import DISK_READS, HOST_READS, TierMoves, aligned_buffer, make_engine
+from .planner import Plan, TierSpeed, make_plan
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
 
@@ -62,6 +63,7 @@ class TieredStore(TierMoves):
         self._disk: DiskTier | None = None
         self._disk_index: TierIndex | None = None
         self._disk_reads: dict[BlockKey, float] = {}  # key -> wall time of its last disk hit
+        self._engine = make_engine(config.transfer_queue_depth)
         try:
             for tier in self._open_tiers(config):
                 self._add_tier(tier)
@@ -113,6 +115,7 @@ class TieredStore(TierMoves):
         back to disk (``disk.flush_on_close``), release every tier."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self._engine.close(cancel_queued=True)  # queued prefetches are optional: drop them
         if self._disk is not None and self.config.disk.flush_on_close and not self._closed:
             try:
                 self.flush()
@@ -289,7 +292,34 @@ class TieredStore(TierMoves):
             c = self._counters
             return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
                               gets=c.gets, hits=c.hits, misses=dict(c.misses),
-                              native_backend=native.backend)
+                              native_backend=native.backend, routes=self._engine.stats())
+
+    def plan(self, keys: Sequence[KeyLike], prefill_tokens_per_s: float, *,
+             block_tokens: int | None = None, speeds: dict[str, TierSpeed] | None = None) -> Plan:
+        """Whether loading the stored leading pages of ``keys`` beats recomputing them.
+
+        Each tier's speed is the transfer engine's measured estimate for its route
+        (``stats().routes``), else ``DEFAULT_SPEEDS``; ``speeds`` overrides per tier name.
+        ``block_tokens`` defaults to ``config.block_tokens``. Not counted as a read; refreshes
+        nothing. See ``kvtier.planner`` for the cost model.
+        """
+        checked = [self._key(k) for k in keys]
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            where = [self._locate(key, now) for key in checked]
+        tiers = [None if w is None else w[1].name for w in where]
+        sizes = [0 if w is None else w[0].nbytes for w in where]
+        known = {name: self._measured_speed(name) for name in set(tiers) if name is not None}
+        known.update(speeds or {})
+        return make_plan(tiers, sizes, known, prefill_tokens_per_s=prefill_tokens_per_s,
+                         block_tokens=self.config.block_tokens if block_tokens is None else block_tokens)
+
+    def _measured_speed(self, tier: str) -> TierSpeed:
+        bandwidth, _ = self._engine.estimate(_ROUTE_OF_TIER[tier])
+        default = DEFAULT_SPEEDS[tier]
+        # a measured call rate already includes its fixed costs, at the batch sizes seen
+        return default if bandwidth is None else TierSpeed(bandwidth, 0.0)
 
     def miss_reason(self, key: KeyLike) -> MissReason | None:
         """Why ``key`` would miss now (``None`` if it would hit); not counted as a read."""
@@ -365,7 +395,11 @@ class TieredStore(TierMoves):
         ok: bool | None = None  # None: the copy raised, which says nothing about the page
         try:
             dst = out if out is not None else memoryview(native.alloc_bytearray(entry.nbytes))
-            ok = tier.read_into(entry.location, dst, entry.checksum)
+            if entry.nbytes >= _TIMED_BYTES:  # timing a tiny copy would cost more than it tells
+                ok = self._engine.run(HOST_READS, entry.nbytes, tier.read_into, entry.location, dst,
+                                      entry.checksum)
+            else:
+                ok = tier.read_into(entry.location, dst, entry.checksum)
         finally:
             with self._lock:
                 index.end_read(entry, ok)
@@ -455,6 +489,7 @@ class TieredStore(TierMoves):
         results: list[memoryview | None] = [None] * len(keys)
         outcomes: list[bool | None] = [None] * len(keys)  # None: not copied (error or miss)
         lower: list[int] = []  # positions of hits in the disk tier, read as one batch
+        start, host_bytes = time.perf_counter(), 0
         try:
             for i, hit in enumerate(found):
                 if hit is None:
@@ -465,8 +500,11 @@ class TieredStore(TierMoves):
                     continue
                 dst = outs[i] if outs is not None else memoryview(native.alloc_bytearray(entry.nbytes))
                 outcomes[i] = tier.read_into(entry.location, dst, entry.checksum)
+                host_bytes += entry.nbytes
                 if outcomes[i]:
                     results[i] = dst
+            if host_bytes >= _TIMED_BYTES:
+                self._engine.record(HOST_READS, host_bytes, time.perf_counter() - start)
             if lower:
                 self._read_disk(lower, found, outs, outcomes, results)
         finally:
@@ -504,8 +542,9 @@ class TieredStore(TierMoves):
         entries = [found[i][0] for i in positions]
         dsts = [outs[i] if outs is not None else aligned_buffer(e.nbytes)
                 for i, e in zip(positions, entries)]
-        ok = self._disk.read_many([e.location for e in entries], [e.key for e in entries], dsts,
-                                  [e.checksum for e in entries])
+        ok = self._engine.run(DISK_READS, sum(e.nbytes for e in entries), self._disk.read_many,
+                              [e.location for e in entries], [e.key for e in entries], dsts,
+                              [e.checksum for e in entries])
         wall = time.time()
         for i, entry, dst, good in zip(positions, entries, dsts, ok):
             outcomes[i] = good
@@ -569,6 +608,11 @@ class TieredStore(TierMoves):
         return float(ttl_s)
 
 
+_TIMED_BYTES = 64 << 10  # host reads at least this large feed the host->caller estimate
+# What plan() assumes for a tier before the engine has measured it (conservative: DRAM at a
+# single-thread memcpy, an NVMe drive at a modest queue depth).
+DEFAULT_SPEEDS = {"host": TierSpeed(8e9, 0.0), "disk": TierSpeed(1e9, 100e-6)}
+_ROUTE_OF_TIER = {"host": HOST_READS, "disk": DISK_READS}
 _ROOM_RETRIES = 8  # write-back: how often a put makes room again when other threads took it
 
 
