@@ -67,3 +67,62 @@ def test_bench_rejects_bad_sizes():
     result = CliRunner().invoke(app, ["bench", "--page-sizes", "lots"])
     assert result.exit_code != 0
     assert "cannot parse size" in result.output
+
+
+TINY_CODEC = ["bench", "--codec", "--codec-bytes", "2MiB", "--codec-trials", "1"]
+
+
+def test_codec_bench_json_at_tiny_size(tmp_path):
+    out = tmp_path / "codec.json"
+    result = CliRunner().invoke(app, [*TINY_CODEC, "--disk-dir", str(tmp_path / "d"), "--json",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert json.loads(result.stdout) == doc
+    assert "pages" not in doc and "metadata" not in doc  # --codec runs only the codec bench
+    speeds = {(row["dtype"], row["codec"]): row for row in doc["speeds"]}
+    assert set(speeds) == {(d, c) for d in ("float16", "bfloat16") for c in ("none", "zstd", "shuffle-zstd")}
+    for dtype in ("float16", "bfloat16"):
+        none, zstd, shuffled = (speeds[dtype, c] for c in ("none", "zstd", "shuffle-zstd"))
+        assert none["ratio"] == 1.0 and none["compress"] is None and none["decompress"] is None
+        assert 1.0 < zstd["ratio"] < shuffled["ratio"]  # real pages compress; byte planes help
+        for row in (zstd, shuffled):
+            assert row["compress"] > 0 and row["decompress"] > 0 and row["memcpy"] > 0
+            assert row["compress_ratio"] == row["compress"] / row["memcpy"]
+            assert row["ratio"] == row["raw_bytes"] / row["stored_bytes"]
+    assert speeds["bfloat16", "shuffle-zstd"]["ratio"] > speeds["float16", "shuffle-zstd"]["ratio"]
+    disk = doc["disk"]
+    assert disk["write_ceiling"] > 0 and disk["read_ceiling"] > 0
+    assert disk["ceiling_tool"] in ("fio", "native loop") and isinstance(disk["direct_io"], bool)
+    assert disk["page_bytes"] == 737_280 and disk["batch"] == 16 and disk["pages"] == 16
+    rows = {row["codec"]: row for row in disk["results"]}
+    assert list(rows) == ["none", "zstd", "shuffle-zstd", "auto"]
+    for name, row in rows.items():
+        assert row["write"] > 0 and row["read"] > 0
+        assert row["write_vs_none"] == row["write"] / rows["none"]["write"]
+        assert row["read_ratio"] == row["read"] / disk["read_ceiling"]
+    assert rows["none"]["ratio_written"] == 1.0
+    assert 1.0 < rows["zstd"]["ratio_written"] < rows["shuffle-zstd"]["ratio_written"]
+    assert isinstance(disk["auto_at_least_none"], bool)
+    assert not any((tmp_path / "d").iterdir())  # nothing left behind in the bench directory
+
+
+def test_codec_bench_table_output():
+    result = CliRunner().invoke(app, [*TINY_CODEC, "--no-disk"])
+    assert result.exit_code == 0, result.output
+    for name in ("none", "zstd", "shuffle-zstd", "memcpy", "float16", "bfloat16"):
+        assert name in result.output
+    assert "disk tier per codec" not in result.output  # --no-disk skips the end-to-end part
+
+
+def test_codec_bench_disk_table(tmp_path):
+    result = CliRunner().invoke(app, [*TINY_CODEC, "--disk-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "disk tier per codec" in result.output and "auto vs none, same run" in result.output
+    for name in ("shuffle-zstd", "auto", "raw"):
+        assert name in result.output
+
+
+def test_codec_bench_rejects_bad_bytes():
+    result = CliRunner().invoke(app, ["bench", "--codec", "--codec-bytes", "lots"])
+    assert result.exit_code != 0 and "cannot parse size" in result.output

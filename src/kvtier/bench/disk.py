@@ -13,6 +13,11 @@ For each page size and batch size, in the same directory and the same run:
   (``--iodepth=B --iodepth_batch_submit=B --iodepth_batch_complete_min=B``), else
   ``native.raw_io_bench`` (the same I/O engine kvtier uses, with nothing else around it).
 
+The disk tier runs with ``codec="none"`` pinned (the default is ``"auto"``): this benchmark
+measures kvtier's raw I/O path against raw O_DIRECT, byte for byte, on random pages that no
+codec could shrink anyway. What compression does on real KV pages is ``bench/codec.py``'s
+question (``kvtier bench --codec``).
+
 Trials interleave kvtier and the ceiling and keep the best of each. Both reuse their files
 across trials, so the best trials measure overwrites of allocated blocks (a disk tier's steady
 state), not first-touch allocation.
@@ -29,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .. import native
 from ..config import DiskTierConfig, HostTierConfig, MiB, StoreConfig
@@ -125,60 +130,78 @@ def run_disk_bench(settings: DiskBenchSettings,
                 count -= count % batch
                 best = {"write": 0.0, "read": 0.0, "write_ceiling": 0.0, "read_ceiling": 0.0}
                 for leftover in (root / "tier", root / "raw.dat"):
-                    _remove(leftover)
+                    remove_path(leftover)
                 for _ in range(settings.trials):
-                    write, read, direct = _store_run(root / "tier", page_bytes, batch, count)
-                    direct_io = direct_io and direct
-                    raw_write = _raw_run(fio, root / "raw.dat", page_bytes, batch, count, write=True)
-                    raw_read = _raw_run(fio, root / "raw.dat", page_bytes, batch, count, write=False)
-                    for name, value in (("write", write), ("read", read),
+                    run = store_run(root / "tier", [os.urandom(page_bytes)], batch, count, codec="none")
+                    direct_io = direct_io and run.direct_io
+                    raw_write = raw_run(fio, root / "raw.dat", page_bytes, batch, count, write=True)
+                    raw_read = raw_run(fio, root / "raw.dat", page_bytes, batch, count, write=False)
+                    for name, value in (("write", run.write), ("read", run.read),
                                         ("write_ceiling", raw_write), ("read_ceiling", raw_read)):
                         best[name] = max(best[name], value)
                 results.append(DiskResult(page_bytes, batch, **best))
     finally:
         for leftover in (root / "tier", root / "raw.dat"):
-            _remove(leftover)
+            remove_path(leftover)
         if owned:
             shutil.rmtree(root, ignore_errors=True)
     return DiskBenchResult(settings, "fio" if fio else "native loop", direct_io,
                            native.io_engine(), str(root), results)
 
 
-def _store_run(directory: Path, page_bytes: int, batch: int, count: int) -> tuple[float, float, bool]:
-    """(write-back bytes/s, disk read bytes/s, direct_io) of one trial on ``directory``.
+@dataclass(frozen=True, slots=True)
+class StoreRun:
+    """One trial of the disk tier: bytes/s of raw page bytes, and what the tier reported."""
+
+    write: float       # flush (write-back) of host-resident pages
+    read: float        # batch_get_into of pages that are only on disk
+    direct_io: bool
+    disk_stats: dict[str, object]  # stats().tier("disk").extra of the writer, after the flush
+
+
+def store_run(directory: Path, pages: Sequence[bytes], batch: int, count: int, *,
+              codec: str = "none") -> StoreRun:
+    """Write ``count`` pages (cycling through ``pages``, all of one size) from the host tier to
+    a disk tier in ``directory`` with ``flush(batch_pages=batch)``, then read them back from a
+    reopened store (``promote_on_read=False``) with ``batch_get_into`` of ``batch`` pages.
 
     The directory is kept across trials: a trial re-puts every page (new versions replace the
     disk copies and free their slots), so after the first trial writes overwrite allocated slots,
     as in a disk tier's steady state; the raw ceiling's file is reused the same way.
+    ``fsync="never"``: O_DIRECT data reaches the device either way; the periodic flush is not timed.
     """
+    page_bytes = len(pages[0])
+    if any(len(page) != page_bytes for page in pages):
+        raise ValueError("store_run: all pages must have the same size")
     nbytes = count * page_bytes
     config = StoreConfig(
         host=HostTierConfig(capacity_bytes=nbytes, slot_bytes=page_bytes),
         disk=DiskTierConfig(paths=(str(directory),), capacity_bytes=nbytes, min_free_bytes=0,
-                            fsync="never", promote_on_read=False, flush_on_close=False))
+                            fsync="never", promote_on_read=False, flush_on_close=False,
+                            codec=codec))
     keys = [BENCH_NAMESPACE.key_for_bytes(i.to_bytes(8, "little")) for i in range(count)]
-    page = os.urandom(page_bytes)
     with TieredStore(config) as store:
-        for key in keys:
-            store.put(key, page)
+        for i, key in enumerate(keys):
+            store.put(key, pages[i % len(pages)])
         start = time.perf_counter()
         written = store.flush(batch_pages=batch)
         write_s = time.perf_counter() - start
-        direct = bool(store.stats().tier("disk").extra["direct_io"])
+        disk_stats = dict(store.stats().tier("disk").extra)
     if written != count:
         raise RuntimeError(f"disk bench: flushed {written} of {count} pages (is the disk full?)")
     outs = [memoryview(mmap.mmap(-1, page_bytes)) for _ in range(batch)]
     with TieredStore(config) as store:
         start = time.perf_counter()
         for i in range(0, count, batch):
-            if not all(store.batch_get_into(keys[i:i + batch], outs)):
+            if not all(store.batch_get_into(keys[i:i + batch], outs[:len(keys[i:i + batch])])):
                 raise RuntimeError("disk bench: a page written moments ago did not read back")
         read_s = time.perf_counter() - start
-    return nbytes / write_s, nbytes / read_s, direct
+    return StoreRun(nbytes / write_s, nbytes / read_s, bool(disk_stats["direct_io"]), disk_stats)
 
 
-def _raw_run(fio: str | None, path: Path, page_bytes: int, batch: int, count: int, *, write: bool) -> float:
-    """Raw O_DIRECT bytes/s for ``count`` pages at queue depth ``batch``."""
+def raw_run(fio: str | None, path: Path, page_bytes: int, batch: int, count: int, *, write: bool) -> float:
+    """Raw O_DIRECT bytes/s for ``count`` pages at queue depth ``batch``: ``fio`` at ``fio``
+    (its path) when given, else ``native.raw_io_bench``."""
     if fio:
         return _fio(fio, path, page_bytes, batch, count, write=write)
     seconds = native.raw_io_bench(str(path), page_bytes, batch, count, write)
@@ -196,7 +219,8 @@ def _fio(fio: str, path: Path, page_bytes: int, batch: int, count: int, *, write
     return float(job["write" if write else "read"]["bw_bytes"])
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree, if there."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -11,6 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .. import native
+from ..bench.codec import (CodecBenchResult, CodecBenchSettings, codec_bench_steps,
+                           run_codec_bench)
 from ..bench.disk import (DEFAULT_DISK_PAGE_SIZES, DiskBenchResult, DiskBenchSettings,
                           run_disk_bench)
 from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
@@ -40,11 +42,22 @@ def bench(
                                         "--disk-page-sizes", help="Disk page sizes (multiples of 4 KiB)."),
     disk_bytes: str = typer.Option("64MiB", "--disk-bytes", help="Bytes written and read per disk measurement."),
     disk_trials: int = typer.Option(5, min=1, help="Repetitions per disk measurement (best kept)."),
+    codec: bool = typer.Option(False, "--codec",
+                               help="Run only the codec benchmark: ratio and speed of each codec on "
+                                    "real KV pages, and the disk tier end to end per codec."),
+    codec_bytes: str = typer.Option("64MiB", "--codec-bytes",
+                                    help="Raw page bytes written and read per end-to-end codec run."),
+    codec_trials: int = typer.Option(5, min=1, help="Repetitions per codec measurement (best kept)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the JSON here."),
 ) -> None:
     """Tier throughput beside its ceiling measured in the same run: host put/get vs memcpy,
-    disk write-back/read vs raw O_DIRECT I/O (fio, else a native loop)."""
+    disk write-back/read vs raw O_DIRECT I/O (fio, else a native loop). With --codec, only the
+    codec benchmark: compression ratio and speed vs memcpy, disk tier per codec vs O_DIRECT
+    (--no-disk skips that part)."""
+    if codec:
+        _codec_bench(disk_dir, codec_bytes, codec_trials, disk, as_json, output)
+        return
     try:
         settings = HostBenchSettings(page_sizes=_sizes(page_sizes), capacity_bytes=parse_size(capacity),
                                      seconds=seconds, trials=trials, metadata_ops=metadata_ops)
@@ -54,29 +67,47 @@ def bench(
         raise typer.BadParameter(str(exc)) from None
     if not settings.page_sizes or min(settings.page_sizes) <= 0:
         raise typer.BadParameter("--page-sizes needs at least one positive size")
-    with Progress(TextColumn("[bold]host tier"), BarColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("starting", total=len(settings.page_sizes) + 1)
-        result = run_host_bench(settings, lambda step: bar.update(task, advance=1, description=step))
+    result = _with_progress("host tier", len(settings.page_sizes) + 1, run_host_bench, settings)
     doc = result.to_json()
     disk_result = None
     if disk:
-        with Progress(TextColumn("[bold]disk tier"), BarColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
-            steps = len(disk_settings.page_sizes) * len(disk_settings.batches)
-            task = bar.add_task("starting", total=steps)
-            disk_result = run_disk_bench(
-                disk_settings, lambda step: bar.update(task, advance=1, description=step))
+        steps = len(disk_settings.page_sizes) * len(disk_settings.batches)
+        disk_result = _with_progress("disk tier", steps, run_disk_bench, disk_settings)
         doc["disk"] = disk_result.to_json()
+    if _emit(doc, as_json, output):
+        _print_host_table(result)
+        if disk_result is not None:
+            _print_disk_table(disk_result)
+
+
+def _with_progress(label: str, steps: int, run: Callable[..., Any], settings: Any) -> Any:
+    """``run(settings, progress)`` under a transient rich progress bar on stderr."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=steps)
+        return run(settings, lambda step: bar.update(task, advance=1, description=step))
+
+
+def _emit(doc: dict, as_json: bool, output: Optional[str]) -> bool:
+    """Write ``doc`` to ``output`` and/or print it as JSON; whether tables should be printed."""
     if output:
         with open(output, "w") as fh:
             json.dump(doc, fh, indent=2)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
-    else:
-        _print_host_table(result)
-        if disk_result is not None:
-            _print_disk_table(disk_result)
+    return not as_json
+
+
+def _codec_bench(disk_dir: Optional[str], codec_bytes: str, trials: int, disk: bool,
+                 as_json: bool, output: Optional[str]) -> None:
+    try:
+        settings = CodecBenchSettings(directory=disk_dir, bytes_per_run=parse_size(codec_bytes),
+                                      trials=trials, disk=disk)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = _with_progress("codecs", codec_bench_steps(settings), run_codec_bench, settings)
+    if _emit(result.to_json(), as_json, output):
+        _print_codec_tables(result)
 
 
 def _gbs(value: float) -> str:
@@ -139,3 +170,61 @@ def _print_disk_table(result: DiskBenchResult) -> None:
     for label, cell in rows:
         table.add_row(label, *(cell(row) for row in result.results))
     Console().print(table)
+
+
+def _mbs(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _print_codec_tables(result: CodecBenchResult) -> None:
+    console = Console()
+    table = Table(title=f"codecs · real KV pages ({result.pages_per_dtype} × "
+                        f"{format_size(result.page_bytes)} per dtype) · zstd level "
+                        f"{result.settings.level} · {result.zstd} · {result.cpu}",
+                  caption=f"MB/s of raw page bytes, one thread, best of {result.settings.trials}; "
+                          "memcpy: the ceiling, native.copy of the same pages, same run; none "
+                          "stores pages as they are")
+    for name in ("dtype", "codec"):
+        table.add_column(name, no_wrap=True, min_width=len("shuffle-zstd") if name == "codec" else 8)
+    for name in ("ratio", "compress MB/s", "/ memcpy", "decompress MB/s", "/ memcpy"):
+        table.add_column(name, justify="right")
+    for dtype in result.settings.dtypes:
+        rows = [row for row in result.speeds if row.dtype == dtype]
+        for row in rows:
+            table.add_row(row.dtype, row.codec, f"{row.ratio:.3f}", _mbs(row.compress),
+                          _pct(row.compress_ratio), _mbs(row.decompress), _pct(row.decompress_ratio))
+        table.add_row(dtype, "memcpy", "", _mbs(rows[0].memcpy), "", _mbs(rows[0].memcpy), "",
+                      end_section=True)
+    console.print(table)
+    disk = result.disk
+    if disk is None:
+        return
+    mode = "O_DIRECT" if disk.direct_io else "buffered (O_DIRECT refused here)"
+    table = Table(title=f"disk tier per codec · {disk.pages} {disk.dtype} KV pages of "
+                        f"{format_size(disk.page_bytes)}, batch {disk.batch} · {mode} · io engine "
+                        f"{disk.io_engine} · {disk.directory}",
+                  caption=f"MB/s of raw page bytes, best of {result.settings.trials}; raw: O_DIRECT "
+                          f"I/O of the same raw bytes and queue depth in the same directory, same run "
+                          f"({disk.ceiling_tool}); write = write-back (flush), read = batch_get_into "
+                          f"from disk; ratio: raw / stored bytes the tier wrote")
+    table.add_column("codec", no_wrap=True, min_width=len("shuffle-zstd"))
+    for name in ("ratio", "write MB/s", "/ none", "/ raw", "read MB/s", "/ none", "/ raw"):
+        table.add_column(name, justify="right")
+    for row in disk.results:
+        write_none, read_none = disk.vs_none(row.codec)
+        write_raw, read_raw = disk.vs_ceiling(row.codec)
+        ratio = "—" if row.ratio_written is None else f"{row.ratio_written:.3f}"
+        table.add_row(row.codec, ratio, _mbs(row.write), _pct(write_none), _pct(write_raw),
+                      _mbs(row.read), _pct(read_none), _pct(read_raw))
+    table.add_row("raw", "", _mbs(disk.write_ceiling), "", "", _mbs(disk.read_ceiling), "", "")
+    console.print(table)
+    auto = disk.result("auto")
+    write_none, read_none = disk.vs_none("auto")
+    verdict = "at least as fast as" if disk.auto_at_least_none else "slower than"
+    console.print(f"auto vs none, same run: write {write_none:.0%}, read {read_none:.0%} (none's own "
+                  f"trial spread: {disk.none_spread:.0%}): auto was {verdict} none within that "
+                  f"noise (it picks {auto.codec_now} next)")

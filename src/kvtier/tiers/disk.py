@@ -297,9 +297,10 @@ class DiskTier:
         return stored
 
     def _encode(self, src: memoryview, codec: int, *, probe: bool) -> tuple[PageFormat, memoryview]:
-        if probe:
-            codec = self.codec.candidate
-        used, payload = self.codec.encode(codec, src, probe=probe)
+        if probe:  # measure the codec on this page, but store it as picked (raw): reads of an
+            self.codec.encode(self.codec.candidate, src, probe=True)  # auto tier on `none`
+            return PageFormat(CODEC_NONE, src.nbytes), src             # then equal `none`'s
+        used, payload = self.codec.encode(codec, src)
         if used == CODEC_NONE:
             return PageFormat(CODEC_NONE, src.nbytes), src
         element = self.codec.element_bytes if used == CODEC_SHUFFLE_ZSTD else 0
