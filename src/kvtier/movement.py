@@ -90,6 +90,34 @@ class TierMoves:
         got = self._get_many(lower, None, count=False, promote=True)
         return {key for key, view in zip(lower, got) if view is not None}
 
+    def _refresh_disk_copy(self, entry: Entry) -> None:
+        """A host hit refreshed ``entry``'s window: the disk copy (if any) keeps the same
+        deadline, so it neither expires under a live page nor comes back stale after a restart.
+        Caller holds the lock."""
+        if self._disk_index is None or not self._first_index.refresh_on_read:
+            return
+        on_disk = self._disk_index.entries.get(entry.key)
+        if on_disk is not None and on_disk.deadline != entry.deadline:
+            self._disk_index.set_deadline(on_disk, entry.deadline)
+            self._disk_reads[entry.key] = time.time()  # persisted at close
+
+    def _read_disk(self, positions: list[int], found: list, outs: list[memoryview] | None,
+                   outcomes: list[bool | None], results: list[memoryview | None]) -> None:
+        """Read the disk hits at ``positions`` in one batch (into aligned fresh buffers when
+        the caller gave none, so O_DIRECT lands in them without a bounce)."""
+        entries = [found[i][0] for i in positions]
+        dsts = [outs[i] if outs is not None else aligned_buffer(e.nbytes)
+                for i, e in zip(positions, entries)]
+        ok = self._engine.run(DISK_READS, sum(e.nbytes for e in entries), self._disk.read_many,
+                              [e.location for e in entries], [e.key for e in entries], dsts,
+                              [e.checksum for e in entries])
+        wall = time.time()
+        for i, entry, dst, good in zip(positions, entries, dsts, ok):
+            outcomes[i] = good
+            if good:
+                results[i] = dst
+                self._disk_reads[entry.key] = wall
+
     def _forget_disk_page(self, entry: Entry) -> None:
         """A page left the disk tier: delete its index record (before the slot is reused)."""
         self._disk.forget(entry.key)

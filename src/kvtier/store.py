@@ -21,7 +21,7 @@ from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, Invalid
 from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
 from .keys import DEFAULT_NAMESPACE, BlockKey
 from .metrics import MissReason, StoreCounters, StoreStats, TierStats
-from .movement import DISK_READS, HOST_READS, TierMoves, aligned_buffer, make_engine
+from .movement import DISK_READS, HOST_READS, TierMoves, make_engine
 from .planner import Plan, TierSpeed, make_plan
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
@@ -523,34 +523,6 @@ class TieredStore(TierMoves):
         if lower and (promote if promote is not None else self.config.disk.promote_on_read):
             self._promote([(keys[i], results[i], found[i][0]) for i in lower if outcomes[i]])
         return results
-
-    def _refresh_disk_copy(self, entry: Entry) -> None:
-        """A host hit refreshed ``entry``'s window: the disk copy (if any) keeps the same
-        deadline, so it neither expires under a live page nor comes back stale after a restart.
-        Caller holds the lock."""
-        if self._disk_index is None or not self._first_index.refresh_on_read:
-            return
-        on_disk = self._disk_index.entries.get(entry.key)
-        if on_disk is not None and on_disk.deadline != entry.deadline:
-            self._disk_index.set_deadline(on_disk, entry.deadline)
-            self._disk_reads[entry.key] = time.time()  # persisted at close
-
-    def _read_disk(self, positions: list[int], found: list, outs: list[memoryview] | None,
-                   outcomes: list[bool | None], results: list[memoryview | None]) -> None:
-        """Read the disk hits at ``positions`` in one batch (into aligned fresh buffers when
-        the caller gave none, so O_DIRECT lands in them without a bounce)."""
-        entries = [found[i][0] for i in positions]
-        dsts = [outs[i] if outs is not None else aligned_buffer(e.nbytes)
-                for i, e in zip(positions, entries)]
-        ok = self._engine.run(DISK_READS, sum(e.nbytes for e in entries), self._disk.read_many,
-                              [e.location for e in entries], [e.key for e in entries], dsts,
-                              [e.checksum for e in entries])
-        wall = time.time()
-        for i, entry, dst, good in zip(positions, entries, dsts, ok):
-            outcomes[i] = good
-            if good:
-                results[i] = dst
-                self._disk_reads[entry.key] = wall
 
     def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:
         """The fastest live copy of ``key``. Caller holds the lock."""

@@ -42,8 +42,6 @@ class PageFormat:
     element_bytes: int = 0
 
 
-RAW = PageFormat(CODEC_NONE, 0)
-
 
 def format_valid(codec: int, raw_len: int, stored_len: int, element_bytes: int) -> bool:
     """Whether a (codec, lengths, flags) combination is one kvtier could have written."""
