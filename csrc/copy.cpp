@@ -6,16 +6,15 @@
 // busy or slow-to-wake pool only means the caller copies more chunks itself.
 // It then waits for the workers that did join to finish the chunks they claimed.
 #include "copy.h"
+#include "work_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -33,8 +32,8 @@ struct Job {
   std::size_t stride;   // nominal chunk length; boundaries are then page-aligned
   std::size_t chunks;
   std::atomic<std::size_t> next{0};
-  std::size_t seats = 0;  // workers that may still join   (guarded by Pool::mu_)
-  int active = 0;         // workers that joined, not done (guarded by Pool::mu_)
+  std::size_t seats = 0;  // workers that may still join   (guarded by the pool)
+  int active = 0;         // workers that joined, not done (guarded by the pool)
 
   // Offset where chunk i starts: i * stride rounded up so that dst + offset is
   // 4 KiB-aligned (a page is never shared by two threads), capped at n.
@@ -46,7 +45,7 @@ struct Job {
     return std::min<std::size_t>(end - base, n);
   }
 
-  void work() {
+  void work() noexcept {
     for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
       const std::size_t begin = boundary(i), end = boundary(i + 1);
       if (end > begin) std::memcpy(dst + begin, src + begin, end - begin);
@@ -54,71 +53,7 @@ struct Job {
   }
 };
 
-class Pool {
- public:
-  explicit Pool(std::size_t workers) {
-    try {
-      threads_.reserve(workers);
-      for (std::size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
-    } catch (...) {
-      shutdown();  // join the workers that did start before rethrowing
-      throw;
-    }
-  }
-
-  ~Pool() { shutdown(); }
-
-  std::size_t workers() const { return threads_.size(); }
-
-  void run(Job& job) {
-    std::size_t seats = std::min(job.chunks - 1, threads_.size());
-    if (seats == 0) return job.work();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job.seats = seats;
-      queue_.push_back(&job);
-    }
-    while (seats--) work_cv_.notify_one();
-    job.work();
-    // Unpublish the job (no worker may join from now on), then wait for the
-    // workers that joined: the job lives on the caller's stack.
-    std::unique_lock<std::mutex> lock(mu_);
-    auto it = std::find(queue_.begin(), queue_.end(), &job);
-    if (it != queue_.end()) queue_.erase(it);
-    done_cv_.wait(lock, [&] { return job.active == 0; });
-  }
-
- private:
-  void shutdown() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    work_cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-
-  void worker_loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
-      Job* job = queue_.front();
-      if (--job->seats == 0) queue_.pop_front();
-      ++job->active;
-      lock.unlock();
-      job->work();
-      lock.lock();
-      if (--job->active == 0) done_cv_.notify_all();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable work_cv_, done_cv_;
-  std::deque<Job*> queue_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
+using Pool = WorkPool<Job>;
 
 std::size_t default_threads() {
   std::size_t cpus = 0;
@@ -211,7 +146,7 @@ void copy_bytes(void* dst, const void* src, std::size_t n) noexcept {
   job.chunks = chunks;
   job.stride = (n + chunks - 1) / chunks;
   if (auto pool = get_pool(threads - 1)) {
-    pool->run(job);
+    pool->run(job, job.chunks);
   } else {
     std::memcpy(d, s, n);
   }

@@ -14,6 +14,7 @@
 // workers and then claims ops itself from an atomic counter, so a batch never
 // waits for a worker to start.
 #include "io.h"
+#include "work_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,9 +30,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -373,8 +372,8 @@ struct Batch {
   IoOp* ops;
   std::size_t n;
   std::atomic<std::size_t> next{0};
-  std::size_t seats = 0;  // workers that may still join   (guarded by g_pool_mu)
-  int active = 0;         // workers that joined, not done (guarded by g_pool_mu)
+  std::size_t seats = 0;  // workers that may still join   (guarded by the pool)
+  int active = 0;         // workers that joined, not done (guarded by the pool)
 
   void work() noexcept {
     for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
@@ -383,71 +382,7 @@ struct Batch {
   }
 };
 
-class Pool {
- public:
-  explicit Pool(std::size_t workers) {
-    try {
-      threads_.reserve(workers);
-      for (std::size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
-    } catch (...) {
-      shutdown();  // join the workers that did start before rethrowing
-      throw;
-    }
-  }
-
-  ~Pool() { shutdown(); }
-
-  std::size_t workers() const { return threads_.size(); }
-
-  void run(Batch& batch) {
-    std::size_t seats = std::min(batch.n - 1, threads_.size());
-    if (seats == 0) return batch.work();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      batch.seats = seats;
-      queue_.push_back(&batch);
-    }
-    while (seats--) work_cv_.notify_one();
-    batch.work();
-    // Unpublish the batch (no worker may join from now on), then wait for the
-    // workers that joined: the batch lives on the caller's stack.
-    std::unique_lock<std::mutex> lock(mu_);
-    auto it = std::find(queue_.begin(), queue_.end(), &batch);
-    if (it != queue_.end()) queue_.erase(it);
-    done_cv_.wait(lock, [&] { return batch.active == 0; });
-  }
-
- private:
-  void shutdown() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    work_cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-
-  void worker_loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
-      Batch* batch = queue_.front();
-      if (--batch->seats == 0) queue_.pop_front();
-      ++batch->active;
-      lock.unlock();
-      batch->work();
-      lock.lock();
-      if (--batch->active == 0) done_cv_.notify_all();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable work_cv_, done_cv_;
-  std::deque<Batch*> queue_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
+using Pool = WorkPool<Batch>;
 
 std::size_t default_threads() {
   std::size_t cpus = 0;
@@ -495,7 +430,7 @@ void run_threads(bool write, IoOp* ops, std::size_t n) noexcept {
   batch.ops = ops;
   batch.n = n;
   if (threads > 1 && n > 1) {
-    if (auto pool = get_pool(threads - 1)) return pool->run(batch);
+    if (auto pool = get_pool(threads - 1)) return pool->run(batch, batch.n);
   }
   batch.work();
 }

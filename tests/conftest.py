@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvtier import HostTierConfig, StoreConfig, TieredStore
+from kvtier import HostTierConfig, StoreConfig, TieredStore, _fallback
 
 
 class FakeClock:
@@ -46,3 +46,22 @@ def page(seed: int, nbytes: int = 4096) -> bytes:
     """A deterministic page whose every 8-byte word names its seed (torn pages are visible)."""
     word = seed.to_bytes(8, "little")
     return (word * (nbytes // 8 + 1))[:nbytes]
+
+
+# -- the two byte backends, for tests that run against both ------------------------------------
+try:
+    from kvtier import _native
+except ImportError as exc:  # extension not built: only the Python backend is tested
+    _native = None
+    _NATIVE_ERROR = str(exc)
+else:
+    _NATIVE_ERROR = ""
+
+needs_native = pytest.mark.skipif(
+    _native is None, reason=f"kvtier._native not built ({_NATIVE_ERROR})"
+)
+IMPLS = [  # the compiled core and its pure-Python twin
+    pytest.param(_native, id="native", marks=needs_native),
+    pytest.param(_fallback, id="python"),
+]
+parametrize_impl = pytest.mark.parametrize("impl", IMPLS)

@@ -24,24 +24,8 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import _native, needs_native, parametrize_impl
 from kvtier import _fallback
-
-try:
-    from kvtier import _native
-except ImportError as exc:  # extension not built: only the Python backend is tested
-    _native = None
-    _NATIVE_ERROR = str(exc)
-else:
-    _NATIVE_ERROR = ""
-
-needs_native = pytest.mark.skipif(
-    _native is None, reason=f"kvtier._native not built ({_NATIVE_ERROR})"
-)
-IMPLS = [
-    pytest.param(_native, id="native", marks=needs_native),
-    pytest.param(_fallback, id="python"),
-]
-parametrize_impl = pytest.mark.parametrize("impl", IMPLS)
 
 KiB = 1 << 10
 MiB = 1 << 20

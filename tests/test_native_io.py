@@ -24,24 +24,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from conftest import _native, needs_native, parametrize_impl
 from kvtier import _fallback
-
-try:
-    from kvtier import _native
-except ImportError as exc:  # extension not built: only the Python backend is tested
-    _native = None
-    _NATIVE_ERROR = str(exc)
-else:
-    _NATIVE_ERROR = ""
-
-needs_native = pytest.mark.skipif(
-    _native is None, reason=f"kvtier._native not built ({_NATIVE_ERROR})"
-)
-IMPLS = [
-    pytest.param(_native, id="native", marks=needs_native),
-    pytest.param(_fallback, id="python"),
-]
-parametrize_impl = pytest.mark.parametrize("impl", IMPLS)
 ENGINES = [
     pytest.param((_native, "io_uring"), id="native-io_uring", marks=needs_native),
     pytest.param((_native, "threads"), id="native-threads", marks=needs_native),
