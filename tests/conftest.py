@@ -65,3 +65,40 @@ IMPLS = [  # the compiled core and its pure-Python twin
     pytest.param(_fallback, id="python"),
 ]
 parametrize_impl = pytest.mark.parametrize("impl", IMPLS)
+
+
+# -- real redis-server processes (tests/redisd.py) ----------------------------------------------
+# redisd is imported inside the fixtures, so the suite still collects without redis-py and
+# tests that use them skip when redis-server is not installed.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "redis: starts real redis-server processes")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One plain redis-server (no auth, no TLS) for the whole session."""
+    from redisd import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session server's url, emptied (FLUSHALL) and running again if a test stopped it."""
+    if redis_server.paused:
+        redis_server.resume()
+    if not redis_server.running:
+        redis_server.restart()
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """Three cluster masters (no replicas) for the whole session."""
+    from redisd import RedisCluster3
+
+    with RedisCluster3(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

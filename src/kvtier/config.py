@@ -199,6 +199,143 @@ class DiskTierConfig:
         _check_codec("disk", self.codec, self.codec_level, self.codec_element_bytes)
 
 
+REMOTE_WRITE_MODES = ("async", "sync")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTierConfig:
+    """The shared remote tier on Redis or Redis Cluster (see docs/remote.md).
+
+    Every put is also written to Redis (``write_mode``), so other stores with the same
+    namespace (other processes, other hosts) see the page; a read that misses every local
+    tier asks Redis. Redis keys are ``key_prefix`` + the hex of the 32-byte block key (a
+    namespace digest and a chained prefix digest): no user text, and tenants with different
+    ``Namespace.tenant_salt`` never share a key.
+
+    Args:
+        url: ``redis://host:port/db`` or ``rediss://...`` (TLS). Credentials may be given here
+            too, but ``username``/``password`` (``KVTIER_REMOTE_PASSWORD``) keep them out of logs.
+        cluster: talk to a Redis Cluster (``url`` names any node).
+        username / password: AUTH/ACL credentials (``""``: none).
+        tls_ca_certs: CA bundle that signed the server's certificate (``""``: system CAs).
+        tls_certfile / tls_keyfile: client certificate and key, for servers that require them.
+        tls_verify: check the server's certificate and host name (turn off only for tests).
+        capacity_bytes: stop writing while Redis reports more than this in ``used_memory``
+            (sampled at most once a second; ``0``: no limit of kvtier's own). Evicting is
+            Redis's job: set ``maxmemory`` and ``maxmemory-policy allkeys-lru`` (or
+            ``volatile-ttl``) on the server.
+        ttl_s: the cache window of pages in Redis (``PX`` expiry); ``None``: each page's own
+            window (``StoreConfig.ttl_s`` or the put's ``ttl_s``), no expiry if it has none.
+            With ``StoreConfig.ttl_refresh="read"`` a remote hit extends it again.
+        connect_timeout_s: deadline for opening a connection.
+        timeout_s: deadline of each socket read or write. A down or paused server costs a
+            call at most about this much before it counts as ``tier_unavailable``.
+        max_connections: connections in the pool; a caller waits at most ``connect_timeout_s``
+            for a free one.
+        key_prefix: prepended to every key (e.g. per deployment or per model fleet).
+        allow_insecure: allow a non-loopback server without credentials (refused otherwise:
+            anyone on the network could read or plant KV pages).
+        write_mode: ``"async"`` (default): a put returns once the page is in the host tier and
+            a transfer-engine worker writes it to Redis in pipelined batches (``flush()`` waits
+            for them); ``"sync"``: a put returns after the Redis write (bounded by the deadlines).
+        max_pending_bytes: async writes waiting for Redis at most; a put beyond it skips its
+            Redis copy (counted as ``writes_dropped``) instead of growing memory or blocking.
+        promote_on_read: a remote hit is also copied into the host tier.
+        breaker_failures: consecutive failed calls that open the circuit breaker; while open,
+            remote reads are ``tier_unavailable`` misses at no cost and writes are skipped.
+        breaker_backoff_s / breaker_max_backoff_s: how long the breaker stays open before one
+            trial call (half-open); the wait doubles after each failed trial, up to the maximum.
+        codec / codec_level / codec_element_bytes: as for the disk tier; ``auto`` compresses
+            only when the measured network bandwidth makes that faster end to end.
+    """
+
+    url: str = ""
+    cluster: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    tls_ca_certs: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_verify: bool = True
+    capacity_bytes: int = 0
+    ttl_s: float | None = None
+    connect_timeout_s: float = 0.5
+    timeout_s: float = 1.0
+    max_connections: int = 16
+    key_prefix: str = "kvtier:"
+    allow_insecure: bool = False
+    write_mode: str = "async"
+    max_pending_bytes: int = 256 * MiB
+    promote_on_read: bool = True
+    breaker_failures: int = 3
+    breaker_backoff_s: float = 0.5
+    breaker_max_backoff_s: float = 30.0
+    codec: str = "none"
+    codec_level: int = 1
+    codec_element_bytes: int = 2
+
+    def __post_init__(self) -> None:
+        _set_sizes(self, ("capacity_bytes", "max_pending_bytes"))
+        if not isinstance(self.url, str) or not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"remote.url must be redis://host:port, rediss://... or unix://path, got {self.url!r}")
+        if self.write_mode not in REMOTE_WRITE_MODES:
+            raise ConfigError(f"remote.write_mode must be one of {REMOTE_WRITE_MODES}, got {self.write_mode!r}")
+        if self.ttl_s is not None:
+            object.__setattr__(self, "ttl_s", parse_duration(self.ttl_s))
+        for name in ("connect_timeout_s", "timeout_s", "breaker_backoff_s", "breaker_max_backoff_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"remote.{name} must be > 0 seconds, got {value!r}")
+        for name in ("max_connections", "breaker_failures"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise ConfigError(f"remote.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.capacity_bytes < 0 or self.max_pending_bytes < 0:
+            raise ConfigError("remote.capacity_bytes and remote.max_pending_bytes must be >= 0")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ConfigError("remote.tls_certfile and remote.tls_keyfile go together: set both or neither")
+        _check_codec("remote", self.codec, self.codec_level, self.codec_element_bytes)
+        if not self.allow_insecure and not self.authenticated and not self.loopback:
+            raise ConfigError(
+                f"remote.url {self.redacted_url} is not a loopback address and no credentials are "
+                "set: anyone who can reach it could read or plant KV pages. Set remote.password "
+                "(and remote.username for an ACL user) or a TLS client certificate, or "
+                "allow_insecure=True if the network is trusted")
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether kvtier presents credentials (a password or a TLS client certificate)."""
+        from urllib.parse import urlsplit
+
+        return bool(self.password or urlsplit(self.url).password or self.tls_certfile)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``url`` names this machine only (a unix socket, localhost or 127.0.0.0/8, ::1)."""
+        import ipaddress
+        from urllib.parse import urlsplit
+
+        if self.url.startswith("unix://"):
+            return True
+        host = urlsplit(self.url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def redacted_url(self) -> str:
+        """``url`` without any password in it (for messages and logs)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """Configuration of a ``TieredStore``.
@@ -206,6 +343,7 @@ class StoreConfig:
     Args:
         host: the host DRAM tier (the first tier a put lands in).
         disk: the NVMe tier behind it (``None``: no disk tier).
+        remote: the shared Redis tier behind the local ones (``None``: no remote tier).
         policy: eviction order within a tier: ``"lru"`` (least recently used first) or ``"ttl"``
             (earliest deadline first, like providers' cache windows).
         ttl_s: default cache window in seconds for every put (``None``: no expiry). A put's own
@@ -225,6 +363,7 @@ class StoreConfig:
 
     host: HostTierConfig = field(default_factory=HostTierConfig)
     disk: DiskTierConfig | None = None
+    remote: RemoteTierConfig | None = None
     policy: str = "lru"
     ttl_s: float | None = None
     ttl_refresh: str = "write"
@@ -249,6 +388,8 @@ class StoreConfig:
                     f"({self.host.slot_bytes}): every host page must fit a disk slot")
             if self.disk.capacity_bytes < self.disk.slot_bytes:
                 raise ConfigError("disk.capacity_bytes must hold at least one slot")
+        if self.remote is not None and not isinstance(self.remote, RemoteTierConfig):
+            raise ConfigError(f"remote must be a RemoteTierConfig or None, got {type(self.remote).__name__}")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.ttl_refresh not in REFRESH_MODES:
@@ -271,7 +412,7 @@ class StoreConfig:
         Unknown keys raise ``ConfigError`` naming the accepted ones.
         """
         values = dict(values)
-        tiers = {"host": HostTierConfig, "disk": DiskTierConfig}
+        tiers = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
         kwargs: dict[str, Any] = {}
         for name, tier_cls in tiers.items():
             if name in values:
@@ -297,7 +438,7 @@ class StoreConfig:
         environ = os.environ if environ is None else environ
         nested: dict[str, Any] = {}
         known: set[str] = set(_OTHER_ENV)
-        sections = {"host": HostTierConfig, "disk": DiskTierConfig}
+        sections = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
         for f in dataclasses.fields(cls):
             if f.name in sections:
                 continue

@@ -49,3 +49,8 @@ class StoreClosedError(KvtierError, RuntimeError):
 
 class TierInUseError(KvtierError, RuntimeError):
     """A persistent tier's directory is already open in another process (or store)."""
+
+
+class RemoteAuthError(KvtierError, PermissionError):
+    """The remote tier's server refused kvtier's credentials (or requires some and none were
+    given); set ``remote.username`` / ``remote.password`` (``KVTIER_REMOTE_PASSWORD``)."""

@@ -20,6 +20,8 @@ from .transfer import TransferEngine
 from .tiers.disk_index import DiskRecord
 
 
+REMOTE_WRITES = "host->remote"  # async write-through batches and read-refresh expiry updates
+REMOTE_READS = "remote->host"   # remote hits (measured inline)
 HOST_READS = "host->caller"   # hits copied out of the host tier (measured, never queued)
 DISK_WRITES = "host->disk"    # write-back, write-through and flush batches
 DISK_READS = "disk->host"     # disk hits, promotions, and the queued prefetches
@@ -27,7 +29,8 @@ DISK_READS = "disk->host"     # disk hits, promotions, and the queued prefetches
 
 def make_engine(queue_depth: int) -> TransferEngine:
     """The store's transfer engine: one route per direction between its tiers."""
-    return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2}, queue_depth=queue_depth)
+    return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2, REMOTE_WRITES: 2,
+                           REMOTE_READS: 1}, queue_depth=queue_depth)
 
 
 class TierMoves:
@@ -39,6 +42,7 @@ class TierMoves:
         ``0`` without a disk tier."""
         if isinstance(batch_pages, bool) or not isinstance(batch_pages, int) or batch_pages < 1:
             raise InvalidArgumentError(f"batch_pages must be an int >= 1, got {batch_pages!r}")
+        self._drain_remote()
         if self._disk is None:
             return 0
         written = 0
@@ -78,13 +82,15 @@ class TierMoves:
         return [sum(key in brought for key in dict.fromkeys(keys)) for keys in requests]
 
     def _prefetch(self, keys: list[BlockKey]) -> set[BlockKey]:
-        if self._disk is None:
+        if self._disk is None and self._remote is None:
             return set()
         with self._lock:
             if self._closed:
                 return set()
             host = self._first_index.entries
-            lower = [k for k in dict.fromkeys(keys) if k not in host and k in self._disk_index.entries]
+            disk = {} if self._disk is None else self._disk_index.entries
+            lower = [k for k in dict.fromkeys(keys)
+                     if k not in host and (k in disk or self._remote is not None)]
         if not lower:
             return set()
         got = self._get_many(lower, None, count=False, promote=True)
@@ -220,13 +226,15 @@ class TierMoves:
                 self._end_copy()
         return len(stored)
 
-    def _promote(self, items: list[tuple[BlockKey, memoryview, Entry]]) -> None:
-        """Copy pages just read from disk into the host tier (the disk copy stays)."""
+    def _promote(self, items: list[tuple[BlockKey, memoryview, Entry | None, float | None, float | None]]) -> None:
+        """Copy pages just read from a lower tier into the host tier; each item is (key, page,
+        the disk entry it came from or None, deadline, ttl_s). The lower copy stays."""
         if not items:
             return
         host, hindex = self._first_tier, self._first_index
         try:
-            self._make_room(len(items))
+            if self._disk is not None:  # without a disk, reserve() evicts by policy itself
+                self._make_room(len(items))
         except StoreClosedError:
             return
         with self._lock:
@@ -234,26 +242,26 @@ class TierMoves:
                 return
             now = self._clock()
             plan = []
-            for key, view, disk_entry in items:
-                if key in hindex.entries or not disk_entry.live:
+            for key, view, source, deadline, ttl_s in items:
+                if key in hindex.entries or (source is not None and not source.live):
                     continue  # a newer version arrived meanwhile, or the disk copy is gone
                 reservation = hindex.reserve(key, view.nbytes, now, False)
                 if reservation is not None:
-                    plan.append((key, view, disk_entry, reservation))
+                    plan.append((key, view, source, deadline, ttl_s, reservation))
             if not plan:
                 return
             self._inflight += 1
         checksums: list[int | None] = []
         try:
-            checksums = [host.write(r.location, view) for _, view, _, r in plan]
+            checksums = [host.write(item[-1].location, item[1]) for item in plan]
         finally:
             with self._lock:
-                for i, (key, view, disk_entry, reservation) in enumerate(plan):
-                    if i >= len(checksums) or key in hindex.entries or not disk_entry.live:
+                for i, (key, view, source, deadline, ttl_s, reservation) in enumerate(plan):
+                    if (i >= len(checksums) or key in hindex.entries
+                            or (source is not None and not source.live)):
                         hindex.abort(reservation)
                     else:
-                        hindex.publish(key, reservation, view.nbytes, disk_entry.deadline,
-                                       disk_entry.ttl_s, checksums[i])
+                        hindex.publish(key, reservation, view.nbytes, deadline, ttl_s, checksums[i])
                 self._end_copy()
 
     def _save_disk_access_times(self) -> None:

@@ -21,16 +21,18 @@ from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, Invalid
 from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
 from .keys import DEFAULT_NAMESPACE, BlockKey
 from .metrics import MissReason, StoreCounters, StoreStats, TierStats
-from .movement import DISK_READS, HOST_READS, TierMoves, make_engine
-from .planner import Plan, TierSpeed, make_plan
+from .movement import HOST_READS, TierMoves, make_engine
+from .queries import DEFAULT_SPEEDS, StoreQueries  # noqa: F401  (DEFAULT_SPEEDS: public)
+from .remote_moves import RemoteMoves
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
 
 KeyLike = BlockKey | bytes
 
 
-class TieredStore(TierMoves):
-    """KV pages across memory tiers, fastest first (today: the host DRAM arena).
+class TieredStore(TierMoves, RemoteMoves, StoreQueries):
+    """KV pages across memory tiers, fastest first: host DRAM, then NVMe (``config.disk``),
+    then a shared Redis (``config.remote``).
 
     Args:
         config: the store's configuration (``StoreConfig()`` defaults if omitted).
@@ -67,6 +69,7 @@ class TieredStore(TierMoves):
         try:
             for tier in self._open_tiers(config):
                 self._add_tier(tier)
+            self._init_remote()
         except BaseException:
             for tier, _ in self._tiers:
                 tier.close()
@@ -115,6 +118,8 @@ class TieredStore(TierMoves):
         back to disk (``disk.flush_on_close``), release every tier."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if not self._closed:
+            self._drain_remote()  # queued Redis writes are the page's shared copy: finish them
         self._engine.close(cancel_queued=True)  # queued prefetches are optional: drop them
         if self._disk is not None and self.config.disk.flush_on_close and not self._closed:
             try:
@@ -131,6 +136,8 @@ class TieredStore(TierMoves):
             self._save_disk_access_times()
         for tier, _ in self._tiers:
             tier.close()
+        if self._remote is not None:
+            self._remote.close()
 
     @property
     def closed(self) -> bool:
@@ -171,10 +178,13 @@ class TieredStore(TierMoves):
         key = self._key(key)
         with self._lock:
             self._check_open()
-            return self._locate(key, self._clock()) is not None
+            if self._locate(key, self._clock()) is not None:
+                return True
+        return self._remote is not None and self._remote.exists([key]) == [True]
 
     def evict(self, key: KeyLike) -> bool:
-        """Drop ``key`` from every tier (pinned or not); ``True`` if any tier held it."""
+        """Drop ``key`` from every tier, the shared one too (pinned or not); ``True`` if any
+        tier held it."""
         key = self._key(key)
         with self._lock:
             self._check_open()
@@ -182,7 +192,13 @@ class TieredStore(TierMoves):
             for _, index in self._tiers:
                 if index.find(key, now) is not None:  # an expired copy is dropped as expired
                     removed = index.remove(key, MissReason.EVICTED) or removed
-            return removed
+        if self._remote is not None:
+            self._drain_remote()  # a queued write must not bring it back
+            if self._remote.delete([key]):
+                with self._lock:
+                    self._ghosts.record(key, MissReason.EVICTED, "remote")
+                removed = True
+        return removed
 
     def pin(self, key: KeyLike) -> bool:
         """Keep ``key`` where it is until ``unpin``; ``False`` if absent or the pin budget is spent."""
@@ -233,18 +249,21 @@ class TieredStore(TierMoves):
         return [got is not None for got in self._get_many([self._key(k) for k in keys], views)]
 
     def lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
-        """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects)."""
+        """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects).
+        Keys not held locally are asked of the remote tier in one round trip."""
         checked = [k if type(k) is BlockKey else self._key(k) for k in keys]
         with self._lock:
             self._check_open()
             now = self._clock()
             first = self._first_index.entries
-            for count, key in enumerate(checked):
+            local = []
+            for key in checked:
                 entry = first.get(key)  # fast path: a live block in the first tier
-                if entry is None or (entry.deadline is not None and entry.deadline <= now):
-                    if self._locate(key, now) is None:
-                        return count
-            return len(checked)
+                local.append((entry is not None and (entry.deadline is None or entry.deadline > now))
+                             or self._locate(key, now) is not None)
+                if not local[-1] and self._remote is None:
+                    return len(local) - 1
+        return self._remote_lookup(checked, local)
 
     # -- async -------------------------------------------------------------------------------
     def put_async(self, key: KeyLike, value: Any, *, ttl_s: float | None = None,
@@ -290,45 +309,12 @@ class TieredStore(TierMoves):
                     expirations=index.expirations, extra=tier.stats_extra(),
                 ))
             c = self._counters
+        if self._remote is not None:
+            tiers.append(self._remote_stats())
+        with self._lock:
             return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
                               gets=c.gets, hits=c.hits, misses=dict(c.misses),
                               native_backend=native.backend, routes=self._engine.stats())
-
-    def plan(self, keys: Sequence[KeyLike], prefill_tokens_per_s: float, *,
-             block_tokens: int | None = None, speeds: dict[str, TierSpeed] | None = None) -> Plan:
-        """Whether loading the stored leading pages of ``keys`` beats recomputing them.
-
-        Each tier's speed is the transfer engine's measured estimate for its route
-        (``stats().routes``), else ``DEFAULT_SPEEDS``; ``speeds`` overrides per tier name.
-        ``block_tokens`` defaults to ``config.block_tokens``. Not counted as a read; refreshes
-        nothing. See ``kvtier.planner`` for the cost model.
-        """
-        checked = [self._key(k) for k in keys]
-        with self._lock:
-            self._check_open()
-            now = self._clock()
-            where = [self._locate(key, now) for key in checked]
-        tiers = [None if w is None else w[1].name for w in where]
-        sizes = [0 if w is None else w[0].nbytes for w in where]
-        known = {name: self._measured_speed(name) for name in set(tiers) if name is not None}
-        known.update(speeds or {})
-        return make_plan(tiers, sizes, known, prefill_tokens_per_s=prefill_tokens_per_s,
-                         block_tokens=self.config.block_tokens if block_tokens is None else block_tokens)
-
-    def _measured_speed(self, tier: str) -> TierSpeed:
-        bandwidth, _ = self._engine.estimate(_ROUTE_OF_TIER[tier])
-        default = DEFAULT_SPEEDS[tier]
-        # a measured call rate already includes its fixed costs, at the batch sizes seen
-        return default if bandwidth is None else TierSpeed(bandwidth, 0.0)
-
-    def miss_reason(self, key: KeyLike) -> MissReason | None:
-        """Why ``key`` would miss now (``None`` if it would hit); not counted as a read."""
-        key = self._key(key)
-        with self._lock:
-            self._check_open()
-            if self._locate(key, self._clock()) is not None:
-                return None
-            return self._ghosts.reason(key)
 
     # -- internals ---------------------------------------------------------------------------
     def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
@@ -350,10 +336,14 @@ class TieredStore(TierMoves):
                     continue
                 self._counters.puts += 1
                 if reservation is None:
-                    self._counters.puts_rejected += 1
-                    return False
+                    if self._remote is None:
+                        self._counters.puts_rejected += 1
+                        return False
+                    break
                 self._inflight += 1
                 break
+        if reservation is None:  # the host refused it: the shared tier may still take it
+            return self._share([key], [src], ttl_s, [False])[0]
         try:
             checksum = tier.write(reservation.location, src)
         except BaseException:
@@ -368,6 +358,8 @@ class TieredStore(TierMoves):
             self._end_copy()
         if through:
             self._copy_down(through, demote=False)
+        if self._remote is not None:
+            self._share([key], [src], ttl_s, [True])
         return True
 
     def _get(self, key: BlockKey, out: memoryview | None) -> memoryview | None:
@@ -375,10 +367,10 @@ class TieredStore(TierMoves):
             self._check_open()
             now = self._clock()
             found = self._locate(key, now)
-            if found is None:
+            if found is None and self._remote is None:
                 self._counters.miss(self._ghosts.reason(key))
                 return None
-            entry, index, tier = found[0], found[1], found[2]
+            entry, index, tier = found if found is not None else (None, None, None)
             if tier is not self._first_tier:
                 slow = True
             elif out is not None and out.nbytes != entry.nbytes:
@@ -390,7 +382,7 @@ class TieredStore(TierMoves):
                 index.begin_read(entry, now)
                 self._refresh_disk_copy(entry)
                 self._inflight += 1
-        if slow:  # a lower tier holds it: the batch path reads (and promotes) it
+        if slow:  # a lower tier holds it (or may): the batch path reads (and promotes) it
             return self._get_many([key], None if out is None else [out])[0]
         ok: bool | None = None  # None: the copy raised, which says nothing about the page
         try:
@@ -432,10 +424,13 @@ class TieredStore(TierMoves):
             self._check_open()
             admitted = [r is not None for r in reservations]
             self._counters.puts += len(keys)
-            self._counters.puts_rejected += admitted.count(False)
-            if not any(admitted):
-                return admitted
-            self._inflight += 1
+            if self._remote is None:
+                self._counters.puts_rejected += admitted.count(False)
+            nothing = not any(admitted)
+            if not nothing:
+                self._inflight += 1
+        if nothing:
+            return admitted if self._remote is None else self._share(keys, srcs, ttl_s, admitted)
         try:
             checksums = [None if r is None else tier.write(r.location, src)
                          for r, src in zip(reservations, srcs)]
@@ -455,6 +450,8 @@ class TieredStore(TierMoves):
             self._end_copy()
         if through:
             self._copy_down(through, demote=False)
+        if self._remote is not None:
+            return self._share(keys, srcs, ttl_s, admitted)
         return admitted
 
     def _get_many(self, keys: list[BlockKey], outs: list[memoryview] | None, *,
@@ -474,21 +471,25 @@ class TieredStore(TierMoves):
                         raise BufferSizeError(
                             f"outs[{i}] has {out.nbytes} bytes but the stored page has {hit[0].nbytes}"
                         )
-            for key, hit in zip(keys, found):
+            remote_at = []  # positions no local tier holds: asked of the remote tier
+            for i, (key, hit) in enumerate(zip(keys, found)):
                 if hit is None:
-                    if count:
+                    if self._remote is not None:
+                        remote_at.append(i)
+                    elif count:
                         self._counters.miss(self._ghosts.reason(key))
                 else:
                     hit[1].begin_read(hit[0], now, refresh=count)
                     if count and hit[2] is self._first_tier:
                         self._refresh_disk_copy(hit[0])
-            reading = any(hit is not None for hit in found)
+            reading = remote_at or any(hit is not None for hit in found)
             if not reading:
                 return [None] * len(keys)
             self._inflight += 1
         results: list[memoryview | None] = [None] * len(keys)
         outcomes: list[bool | None] = [None] * len(keys)  # None: not copied (error or miss)
         lower: list[int] = []  # positions of hits in the disk tier, read as one batch
+        remote_reads = None
         start, host_bytes = time.perf_counter(), 0
         try:
             for i, hit in enumerate(found):
@@ -507,6 +508,8 @@ class TieredStore(TierMoves):
                 self._engine.record(HOST_READS, host_bytes, time.perf_counter() - start)
             if lower:
                 self._read_disk(lower, found, outs, outcomes, results)
+            if remote_at:
+                remote_reads = self._read_remote(remote_at, keys, outs)
         finally:
             with self._lock:
                 for hit, outcome in zip(found, outcomes):
@@ -519,9 +522,14 @@ class TieredStore(TierMoves):
                         self._counters.hit()
                     elif outcome is False:
                         self._counters.miss(MissReason.CORRUPT)
+                if remote_reads is not None:
+                    self._settle_remote(keys, remote_at, remote_reads, results, count)
                 self._end_copy()
+        if remote_reads is not None:
+            self._after_remote_hits(keys, remote_at, remote_reads, outs, count, promote)
         if lower and (promote if promote is not None else self.config.disk.promote_on_read):
-            self._promote([(keys[i], results[i], found[i][0]) for i in lower if outcomes[i]])
+            self._promote([(keys[i], results[i], found[i][0], found[i][0].deadline, found[i][0].ttl_s)
+                           for i in lower if outcomes[i]])
         return results
 
     def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:
@@ -581,10 +589,6 @@ class TieredStore(TierMoves):
 
 
 _TIMED_BYTES = 64 << 10  # host reads at least this large feed the host->caller estimate
-# What plan() assumes for a tier before the engine has measured it (conservative: DRAM at a
-# single-thread memcpy, an NVMe drive at a modest queue depth).
-DEFAULT_SPEEDS = {"host": TierSpeed(8e9, 0.0), "disk": TierSpeed(1e9, 100e-6)}
-_ROUTE_OF_TIER = {"host": HOST_READS, "disk": DISK_READS}
 _ROOM_RETRIES = 8  # write-back: how often a put makes room again when other threads took it
 
 

@@ -1,0 +1,70 @@
+"""Questions about stored keys that move no bytes: ``plan()`` (load or recompute) and
+``miss_reason()``. A mixin of ``TieredStore``, split out of store.py by concept."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .keys import BlockKey
+from .metrics import MissReason
+from .movement import DISK_READS, HOST_READS, REMOTE_READS
+from .planner import Plan, TierSpeed, make_plan
+
+# What plan() assumes for a tier before the engine has measured it (conservative: DRAM at a
+# single-thread memcpy, an NVMe drive at a modest queue depth, Redis over a 10 GbE link).
+DEFAULT_SPEEDS = {"host": TierSpeed(8e9, 0.0), "disk": TierSpeed(1e9, 100e-6),
+                  "remote": TierSpeed(1e9, 200e-6)}
+_ROUTE_OF_TIER = {"host": HOST_READS, "disk": DISK_READS, "remote": REMOTE_READS}
+
+
+class StoreQueries:
+    """``plan`` and ``miss_reason`` of ``TieredStore``."""
+
+    def plan(self, keys: Sequence[BlockKey | bytes], prefill_tokens_per_s: float, *,
+             block_tokens: int | None = None, speeds: dict[str, TierSpeed] | None = None) -> Plan:
+        """Whether loading the stored leading pages of ``keys`` beats recomputing them.
+
+        Each tier's speed is the transfer engine's measured estimate for its route
+        (``stats().routes``), else ``DEFAULT_SPEEDS``; ``speeds`` overrides per tier name.
+        ``block_tokens`` defaults to ``config.block_tokens``. Not counted as a read; refreshes
+        nothing. See ``kvtier.planner`` for the cost model.
+        """
+        checked = [self._key(k) for k in keys]
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            where = [self._locate(key, now) for key in checked]
+        tiers = [None if w is None else w[1].name for w in where]
+        sizes = [0 if w is None else w[0].nbytes for w in where]
+        absent = [i for i, w in enumerate(where) if w is None]
+        if absent and self._remote is not None:
+            remote_sizes = self._remote.sizes([checked[i] for i in absent]) or [0] * len(absent)
+            for i, size in zip(absent, remote_sizes):
+                tiers[i], sizes[i] = ("remote", size) if size else (None, 0)
+        known = {name: self._measured_speed(name) for name in set(tiers) if name is not None}
+        known.update(speeds or {})
+        return make_plan(tiers, sizes, known, prefill_tokens_per_s=prefill_tokens_per_s,
+                         block_tokens=self.config.block_tokens if block_tokens is None else block_tokens)
+
+    def _measured_speed(self, tier: str) -> TierSpeed:
+        bandwidth, _ = self._engine.estimate(_ROUTE_OF_TIER[tier])
+        default = DEFAULT_SPEEDS[tier]
+        # a measured call rate already includes its fixed costs, at the batch sizes seen
+        return default if bandwidth is None else TierSpeed(bandwidth, 0.0)
+
+    def miss_reason(self, key: BlockKey | bytes) -> MissReason | None:
+        """Why ``key`` would miss now (``None`` if it would hit); not counted as a read."""
+        key = self._key(key)
+        with self._lock:
+            self._check_open()
+            if self._locate(key, self._clock()) is not None:
+                return None
+        if self._remote is not None:
+            present = self._remote.exists([key])
+            if present is None:
+                return MissReason.TIER_UNAVAILABLE
+            if present[0]:
+                return None
+        with self._lock:
+            return self._absent_reason(key, self._clock())
+
