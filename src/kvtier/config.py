@@ -301,6 +301,11 @@ class RemoteTierConfig:
                 "(and remote.username for an ACL user) or a TLS client certificate, or "
                 "allow_insecure=True if the network is trusted")
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                          if f.name not in ("url", "password"))
+        return f"RemoteTierConfig(url={self.redacted_url!r}, {shown})"
+
     @property
     def authenticated(self) -> bool:
         """Whether kvtier presents credentials (a password or a TLS client certificate)."""
@@ -497,8 +502,8 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
             raise ValueError("expected true/false")
         if base is int:
             return parse_size(raw) if name.endswith("_bytes") else int(raw)
-        if base is float:
-            return float(raw)
+        if base is float:  # seconds fields also take "500ms", "5m", "1h"
+            return parse_duration(raw) if name.endswith("_s") and isinstance(raw, str) else float(raw)
         if base is str:
             return str(raw)
     except (ValueError, ConfigError) as exc:
