@@ -286,3 +286,40 @@ def test_an_acl_user_with_only_the_documented_commands_is_enough(redis_server, r
     finally:
         with redis_server.client() as admin:
             admin.execute_command("ACL", "DELUSER", "kvlimited")
+
+
+def test_prefetch_brings_remote_pages_into_the_host_tier(redis_url, stores):
+    keys = NS.prefix_keys(tokens(4, seed=7), 16)
+    stores(remote_config(redis_url)).batch_put(keys, [page(i, SLOT) for i in range(4)])
+    reader = stores(remote_config(redis_url, host_slots=8))
+    assert reader.prefetch(keys + [NS.key_for_bytes(b"nowhere")]).result(timeout=30) == 4
+    stats = reader.stats()
+    assert stats.gets == 0 and stats.tier("host").entries == 4  # a prefetch is not a read
+    assert [bytes(v) for v in reader.batch_get(keys)] == [page(i, SLOT) for i in range(4)]
+    assert reader.stats().tier("remote").hits == 4  # the reads themselves were host hits
+
+
+def test_disk_and_remote_together(redis_url, stores, tmp_path):
+    from kvtier.config import DiskTierConfig
+
+    def cfg(disk_dir):
+        base = remote_config(redis_url, host_slots=2)
+        disk = DiskTierConfig(paths=[str(disk_dir)], capacity_bytes=64 * SLOT, fsync="never",
+                              min_free_bytes=0, codec="none")
+        return StoreConfig(host=base.host, disk=disk, remote=base.remote)
+    keys = NS.prefix_keys(tokens(6, seed=8), 16)
+    pages = [page(i, SLOT) for i in range(6)]
+    with TieredStore(cfg(tmp_path / "a")) as store:
+        for key, value in zip(keys, pages):
+            assert store.put(key, value)
+        assert store.stats().tier("disk").entries >= 4  # the host tier demoted to disk
+    with TieredStore(cfg(tmp_path / "a")) as store:  # same disk: served locally
+        assert [bytes(v) for v in store.batch_get(keys)] == pages
+        assert store.stats().tier("remote").hits == 0
+    with redis_server_client(redis_url) as client:
+        client.delete(b"kvtier:" + keys[0].hex().encode())
+    with TieredStore(cfg(tmp_path / "b")) as store:  # a new host: only Redis has them
+        assert store.lookup_prefix(keys) == 0  # the first page is gone everywhere
+        assert store.get(keys[0]) is None and store.stats().misses == {"never_stored": 1}
+        assert [bytes(v) for v in store.batch_get(keys[1:])] == pages[1:]
+        assert store.stats().tier("remote").hits == 5
