@@ -29,7 +29,8 @@ DISK_READS = "disk->host"     # disk hits, promotions, and the queued prefetches
 
 def make_engine(queue_depth: int) -> TransferEngine:
     """The store's transfer engine: one route per direction between its tiers."""
-    return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2, REMOTE_WRITES: 2,
+    # one host->remote worker: writes of one key must reach Redis in put order
+    return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2, REMOTE_WRITES: 1,
                            REMOTE_READS: 1}, queue_depth=queue_depth)
 
 

@@ -36,6 +36,7 @@ class RemoteMoves:
         self._remote = None if config is None else RemoteTier(config)
         self._remote_lock = threading.Lock()
         self._remote_pending: set[Future] = set()
+        self._remote_pending_keys: dict[BlockKey, Future] = {}  # latest queued write per key
         self._remote_pending_bytes = 0
         self._remote_dropped = 0
         self._remote_deadlines: OrderedDict[BlockKey, float] = OrderedDict()  # lock held
@@ -49,6 +50,11 @@ class RemoteMoves:
         stored = [a or b for a, b in zip(local, shared)]
         with self._lock:
             self._counters.puts_rejected += stored.count(False)
+            for key, here, there in zip(keys, local, shared):
+                if there and not here:  # Redis has the new version: drop older local copies
+                    for _, index in self._tiers:
+                        if key in index.entries:
+                            index.remove(key, None)
         return stored
 
     def _remote_put(self, keys: Sequence[BlockKey], pages: Sequence[memoryview],
@@ -84,16 +90,19 @@ class RemoteMoves:
             raise StoreClosedError("this TieredStore is closed; open a new one") from None
         with self._remote_lock:
             self._remote_pending.add(future)
-        future.add_done_callback(lambda f, n=len(value): self._remote_written(f, n))
+            self._remote_pending_keys[key] = future
+        future.add_done_callback(lambda f, n=len(value): self._remote_written(f, n, key))
         return True
 
     def _remote_write_batch(self, items: list[tuple[BlockKey, bytearray, float | None]]) -> list[bool]:
         return self._remote.write(items)
 
-    def _remote_written(self, future: Future, nbytes: int) -> None:
+    def _remote_written(self, future: Future, nbytes: int, key: BlockKey) -> None:
         with self._remote_lock:
             self._remote_pending.discard(future)
             self._remote_pending_bytes -= nbytes
+            if self._remote_pending_keys.get(key) is future:
+                del self._remote_pending_keys[key]
 
     def _drain_remote(self) -> None:
         """Wait until every queued Redis write has finished (or failed)."""
@@ -124,6 +133,10 @@ class RemoteMoves:
                      outs: list[memoryview] | None) -> list[RemoteRead]:
         """GET the keys at ``positions`` from Redis in one round trip."""
         wanted = [keys[i] for i in positions]
+        with self._remote_lock:  # a queued write of a wanted key is its newest version
+            queued = [self._remote_pending_keys[k] for k in wanted if k in self._remote_pending_keys]
+        if queued:
+            wait(queued)
         dsts = None if outs is None else [outs[i] for i in positions]
         start = time.perf_counter()
         reads = self._remote.get_many(wanted, dsts)
@@ -198,6 +211,11 @@ class RemoteMoves:
         """The leading run of ``keys`` held locally (``local[i]``) or in Redis."""
         first_gap = local.index(False) if False in local else len(keys)
         if first_gap == len(keys) or self._remote is None:
+            return first_gap
+        with self._remote_lock:  # a key whose write is queued is as good as in Redis
+            local = [here or key in self._remote_pending_keys for key, here in zip(keys, local)]
+        first_gap = local.index(False) if False in local else len(keys)
+        if first_gap == len(keys):
             return first_gap
         ask = [i for i in range(first_gap, len(keys)) if not local[i]]
         present = self._remote.exists([keys[i] for i in ask])
