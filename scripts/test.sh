@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 # nothing later pulls a CUDA build.
 pip install -q "torch==2.13.0"
 pip install -q --no-build-isolation ".[test]"
+# SGLang's HiCache storage interface, for tests/test_sglang.py: the wheel alone. Its declared
+# dependencies (a CUDA torch, the serving stack) are never imported by the storage interface
+# (kvtier.integrations._sglang_import), so --no-deps keeps the CPU torch above. Last, so that
+# pip's check of the other installs never sees its unmet pins.
+pip install -q --no-deps "sglang==0.5.23"
 
 # The redis tests start real redis-server processes (tests/redisd.py) and skip without one:
 # install it with apt when missing (as root, or through sudo). The package may fail to start

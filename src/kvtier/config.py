@@ -27,7 +27,7 @@ REFRESH_MODES = ("write", "read")
 FSYNC_MODES = ("always", "batch", "never")
 WRITE_MODES = ("write_back", "write_through")
 # Environment variables that are not config fields but are read elsewhere.
-_OTHER_ENV = {"KVTIER_NATIVE"}
+_OTHER_ENV = {"KVTIER_NATIVE", "KVTIER_IO_ENGINE"}
 
 
 def parse_size(value: int | str) -> int:

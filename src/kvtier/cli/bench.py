@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,7 +17,10 @@ from ..bench.codec import (CodecBenchResult, CodecBenchSettings, codec_bench_ste
 from ..bench.disk import (DEFAULT_DISK_PAGE_SIZES, DiskBenchResult, DiskBenchSettings,
                           run_disk_bench)
 from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
+from ..bench.remote import (DEFAULT_REMOTE_PAGE_SIZES, RemoteBenchResult, RemoteBenchSettings,
+                            remote_bench_steps, run_remote_bench)
 from ..config import format_size, parse_size
+from ..errors import ConfigError
 
 err = Console(stderr=True)
 
@@ -26,6 +30,10 @@ def _sizes(text: str) -> tuple[int, ...]:
         return tuple(parse_size(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _size_text(nbytes: int) -> str:
+    return format_size(nbytes).replace(" ", "")
 
 
 def bench(
@@ -48,13 +56,34 @@ def bench(
     codec_bytes: str = typer.Option("64MiB", "--codec-bytes",
                                     help="Raw page bytes written and read per end-to-end codec run."),
     codec_trials: int = typer.Option(5, min=1, help="Repetitions per codec measurement (best kept)."),
+    remote: Optional[str] = typer.Option(None, "--remote", metavar="URL",
+                                         help="Run only the Redis tier benchmark against this server "
+                                              "(redis://host:port/db, rediss://..., unix://path): "
+                                              "put_many/get_many beside a raw redis-py loop and "
+                                              "redis-benchmark, same run."),
+    remote_password: str = typer.Option("", "--remote-password", envvar="KVTIER_REMOTE_PASSWORD",
+                                        show_default=False, help="Redis AUTH password."),
+    remote_sizes: str = typer.Option(",".join(_size_text(s) for s in DEFAULT_REMOTE_PAGE_SIZES),
+                                     "--remote-sizes", help="Comma-separated remote page sizes."),
+    remote_batch: int = typer.Option(16, "--remote-batch", min=1, help="Pages per pipelined call."),
+    remote_trials: int = typer.Option(5, "--remote-trials", min=1,
+                                      help="Remote trials after one warm-up (median kept)."),
+    remote_bytes: str = typer.Option("64MiB", "--remote-bytes",
+                                     help="Page bytes written and read per remote trial and side."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the JSON here."),
 ) -> None:
     """Tier throughput beside its ceiling measured in the same run: host put/get vs memcpy,
     disk write-back/read vs raw O_DIRECT I/O (fio, else a native loop). With --codec, only the
     codec benchmark: compression ratio and speed vs memcpy, disk tier per codec vs O_DIRECT
-    (--no-disk skips that part)."""
+    (--no-disk skips that part). With --remote URL, only the Redis tier: put_many/get_many MB/s
+    vs a raw redis-py SET/GET loop and redis-benchmark on the same server."""
+    if remote is not None and codec:
+        raise typer.BadParameter("--remote and --codec are separate benchmarks: give one of them")
+    if remote is not None:
+        _remote_bench(remote, remote_password, remote_sizes, remote_batch, remote_trials,
+                      remote_bytes, as_json, output)
+        return
     if codec:
         _codec_bench(disk_dir, codec_bytes, codec_trials, disk, as_json, output)
         return
@@ -108,6 +137,24 @@ def _codec_bench(disk_dir: Optional[str], codec_bytes: str, trials: int, disk: b
     result = _with_progress("codecs", codec_bench_steps(settings), run_codec_bench, settings)
     if _emit(result.to_json(), as_json, output):
         _print_codec_tables(result)
+
+
+def _remote_bench(url: str, password: str, sizes: str, batch: int, trials: int, nbytes: str,
+                  as_json: bool, output: Optional[str]) -> None:
+    try:
+        settings = RemoteBenchSettings(url=url, password=password, page_sizes=_sizes(sizes),
+                                       batch=batch, trials=trials, bytes_per_run=parse_size(nbytes))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        result = _with_progress("remote tier", remote_bench_steps(settings), run_remote_bench, settings)
+    except ConfigError as exc:  # e.g. a URL that is not redis://, rediss:// or unix://
+        raise typer.BadParameter(str(exc)) from None
+    except (redis.RedisError, OSError, RuntimeError) as exc:  # unreachable, refused credentials, ...
+        err.print(f"[red]remote bench failed: {exc}")
+        raise typer.Exit(1) from None
+    if _emit(result.to_json(), as_json, output):
+        _print_remote_table(result)
 
 
 def _gbs(value: float) -> str:
@@ -228,3 +275,34 @@ def _print_codec_tables(result: CodecBenchResult) -> None:
     console.print(f"auto vs none, same run: write {write_none:.0%}, read {read_none:.0%} (none's own "
                   f"trial spread: {disk.none_spread:.0%}): auto was {verdict} none within that "
                   f"noise (it picks {auto.codec_now} next)")
+
+
+def _print_remote_table(result: RemoteBenchResult) -> None:
+    settings = result.settings
+    tool = (f"{result.redis_benchmark} -c 1 -P {settings.batch}, one run per size"
+            if result.redis_benchmark else "redis-benchmark not run")
+    table = Table(title=f"remote tier · {result.server} at {result.url} · {result.client} · {result.cpu}",
+                  caption=f"MB/s of raw page bytes, median of {settings.trials} trials after a warm-up; "
+                          f"kvtier: put_many / get_many into caller buffers, codec none; raw: redis-py "
+                          f"pipelined SET / GET of the same bytes, same batch, same server, same run; "
+                          f"{tool}")
+    table.add_column("MB/s and ratios")
+    for row in result.results:
+        table.add_column(f"{format_size(row.page_bytes)} ×{row.batch}", justify="right")
+    rows = [
+        ("write (put_many)", lambda r: _mbs(r.write)),
+        ("raw redis-py SET", lambda r: _mbs(r.raw_write)),
+        ("write / raw", lambda r: _pct(r.write_ratio)),
+        ("redis-benchmark SET", lambda r: _mbs(r.bench_write)),
+        ("write / redis-benchmark", lambda r: _pct(r.vs_redis_benchmark()[0])),
+        ("read (get_many)", lambda r: _mbs(r.read)),
+        ("raw redis-py GET", lambda r: _mbs(r.raw_read)),
+        ("read / raw", lambda r: _pct(r.read_ratio)),
+        ("redis-benchmark GET", lambda r: _mbs(r.bench_read)),
+        ("read / redis-benchmark", lambda r: _pct(r.vs_redis_benchmark()[1])),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(row) for row in result.results))
+    Console().print(table)
+    if result.redis_benchmark_note:
+        err.print(f"[yellow]{result.redis_benchmark_note}")
