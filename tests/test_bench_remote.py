@@ -8,8 +8,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from kvtier.bench.remote import BENCHMARK_KEY, RemoteBenchSettings, run_remote_bench
+from kvtier.bench.remote import BENCHMARK_KEY, RemoteBenchSettings, raw_client, run_remote_bench
 from kvtier.cli import app
+from kvtier.config import RemoteTierConfig
+from kvtier.tiers.remote import RemoteTier
 
 pytestmark = pytest.mark.redis
 TINY = dict(page_sizes=(64 << 10,), batch=4, trials=2, bytes_per_run=512 << 10)
@@ -29,15 +31,37 @@ def check_row(row: dict, page_bytes: int, batch: int, trials: int, *, benchmark:
     assert row["page_bytes"] == page_bytes and row["batch"] == batch
     assert row["pages"] > 0 and row["pages"] % batch == 0
     assert row["verified_pages"] == row["pages"]  # the warm-up read every page back, byte-equal
-    for name in ("write", "read", "raw_write", "raw_read"):
+    for name in ("write", "read", "raw_write", "raw_read", "default_write", "default_read"):
         assert row[name] > 0 and len(row["trials"][name]) == trials
     assert row["write_ratio"] == row["write"] / row["raw_write"] > 0
     assert row["read_ratio"] == row["read"] / row["raw_read"] > 0
+    assert row["default_read_ratio"] == row["read"] / row["default_read"] > 0
     if benchmark:
         assert row["bench_write"] > 0 and row["bench_read"] > 0
         assert row["bench_read_ratio"] == row["read"] / row["bench_read"]
     else:
         assert row["bench_write"] is row["bench_read"] is row["bench_write_ratio"] is None
+
+
+def test_the_ceiling_client_is_set_up_as_the_tiers(redis_url):
+    """The raw loop is the comparable ceiling only while its client is configured as the tier's
+    (packer, read size, timeouts, retries): this fails when RemoteTier._connect changes alone."""
+    config = RemoteTierConfig(url=f"{redis_url}/1", password="", codec="none")
+    tier = RemoteTier(config)
+    theirs = tier._redis().connection_pool.connection_kwargs
+    tier.close()
+    ours = raw_client(config).connection_pool.connection_kwargs
+    assert set(ours) == set(theirs)
+    for name, value in theirs.items():
+        if isinstance(value, (bool, int, float, str, type(None))):
+            assert ours[name] == value, name
+        else:
+            assert type(ours[name]) is type(value), name
+            assert getattr(ours[name], "__dict__", {}).keys() == getattr(value, "__dict__", {}).keys()
+    for name, attribute in (("command_packer", "_buffer_cutoff"), ("retry", "_retries")):
+        assert getattr(ours[name], attribute) == getattr(theirs[name], attribute), name
+    defaults = raw_client(config, like_tier=False).connection_pool.connection_kwargs
+    assert "command_packer" not in defaults and "socket_read_size" not in defaults
 
 
 def test_python_api_at_tiny_size(redis_url):
@@ -69,7 +93,7 @@ def test_cli_table(redis_url):
     result = CliRunner().invoke(app, ["bench", "--remote", redis_url, *TINY_CLI])
     assert result.exit_code == 0, result.output
     for text in ("remote tier", "64 KiB ×4", "128 KiB ×4", "write / raw", "read / raw",
-                 "raw redis-py GET", "redis-benchmark GET"):
+                 "raw redis-py GET", "redis-py defaults SET", "read / defaults", "redis-benchmark GET"):
         assert text in result.output
     assert keys_left(redis_url) == []
 

@@ -4,21 +4,19 @@ and with the server killed and restarted under it.
 
 ``RemoteStoreMachine`` (server up, no TTL): Redis holds every page put, so the model is exact.
 Every key put (and not explicitly evicted) comes back byte-exact with its latest value, from
-the host tier, the disk tier (one variant) or Redis, also after any number of close/reopen
+the host tier, the disk tier (two variants) or Redis, also after any number of close/reopen
 cycles and from a second store that never wrote it; ``contains``, ``lookup_prefix``, the miss
 reasons and the hit/miss/put counters agree with the model, and Redis holds exactly the model's
-keys. In ``write_mode="async"`` an expectation that depends on Redis is checked after a
-``flush()``; a read the host tier answers needs none.
+keys. In ``write_mode="async"`` reads and ``lookup_prefix`` need no ``flush()`` (they wait for
+a queued write of a key they ask Redis about); ``contains`` and a second store do.
 
 ``RemoteOutageMachine``: the same operations while a private redis-server is SIGKILLed and
-restarted (empty: no persistence). Nothing raises, a read returns the latest value or nothing,
-never other bytes, an evicted key stays gone, and once the server is back the store reconnects
-by itself: its new puts reach a second store.
+restarted (empty: no persistence). Nothing raises, a read returns the latest value stored (a put
+that neither the host nor Redis took returns False and changes nothing) or nothing, never other
+bytes, an evicted key stays gone, and once the server is back the store reconnects by itself:
+its new puts reach a second store.
 
-Bugs these machines ran into are pinned down by the ``xfail`` tests at the end; the machines
-step around them (see ``_pin_allowed`` / ``_batch_keys`` / ``_before_write`` / ``_settle``)
-so that they keep guarding everything else. When a bug is fixed, its ``xfail`` turns into a
-failure (strict) and the matching restriction below can go.
+Bugs these machines ran into are pinned down by hand in the tests at the end.
 """
 
 from __future__ import annotations
@@ -158,20 +156,17 @@ class RemoteStoreMachine(RuleBasedStateMachine):
         self.store.flush()
         self.pending.clear()
 
-    def _before_write(self, keys) -> None:
-        """Async: two queued writes of one key may reach Redis out of order
-        (test_async_writes_of_one_key_reach_redis_in_put_order), so a key is re-put only after
-        its queued write landed."""
-        if self.pending.intersection(keys):
-            self._flush()
-
     def _settle(self, keys) -> None:
-        """Async: before an expectation that asks Redis about a key whose write may still be
-        queued, flush. A key a local tier holds is answered locally (no flush: that path is
-        tested too). Without the flush a read could also see an older version
-        (test_async_read_after_the_host_dropped_a_queued_page_is_not_stale)."""
+        """Async: ``contains`` does not see a queued write
+        (test_queries_count_a_queued_async_write_as_stored), so before it asks Redis about a
+        key whose write may still be queued, flush. A key a local tier holds is answered
+        locally (no flush: that path is tested too)."""
         if any(k in self.pending and self._where(k) not in LOCAL for k in keys):
             self._flush()
+
+    def _local_keys(self) -> set:
+        """The model's keys a local tier holds now (a put the host refused is only in Redis)."""
+        return {k for k in self.values if self._where(k) in LOCAL}
 
     def _count_read(self, key, hit: bool) -> None:
         if hit:
@@ -186,39 +181,23 @@ class RemoteStoreMachine(RuleBasedStateMachine):
         if self.mode == "async":
             self.pending.add(key)
 
-    def _pin_allowed(self) -> bool:
-        """put(pin=True) only while the host's pin budget has room, so the host admits it: a put
-        the host refuses but Redis takes leaves an older local copy in place
-        (test_a_put_the_host_refuses_leaves_no_stale_local_copy)."""
-        return self._host_pins() < PIN_LIMIT
-
-    def _batch_keys(self, keys) -> list:
-        """Batches the host admits as a whole or whose refused tail has no local copy: no key
-        twice, no pinned key, and with a disk tier (where the refused key's older copy may sit)
-        no more keys than the host can free. Same bug as ``_pin_allowed``."""
-        keys = [k for k in dict.fromkeys(keys) if k not in self.maybe_pinned]
-        if self.with_disk:
-            keys = keys[:HOST_SLOTS - self._host_pins()]
-        return keys
-
     # -- writes --------------------------------------------------------------------------------
     @rule(key=KEY, size=SIZES, pin=st.booleans())
     def put(self, key, size, pin):
-        self._before_write([key])
-        pin = pin and self._pin_allowed()
         value = self._value(key, size)
-        assert self.store.put(key, value, pin=pin)  # the host takes it (and Redis too)
+        # Redis takes it, also when the host refuses it (its pin budget spent): then no older
+        # local copy may stay behind
+        assert self.store.put(key, value, pin=pin)
         self.puts += 1
         self._stored(key, value)
-        if pin:
+        if pin and self._where(key) == "host":
             self.maybe_pinned.add(key)
 
     @rule(keys=st.lists(KEY, min_size=1, max_size=6), sizes=st.lists(SIZES, min_size=6, max_size=6))
     def batch_put(self, keys, sizes):
-        keys = self._batch_keys(keys)
-        self._before_write(keys)
         values = [self._value(k, s) for k, s in zip(keys, sizes)]
-        # the host admits at most what it can free; Redis takes the rest
+        # the host admits at most what it can free (never evicting the batch's own pages, so a
+        # key twice takes two slots); Redis takes every page, in order: the last one wins
         assert self.store.batch_put(keys, values) == [True] * len(keys)
         self.puts += len(keys)
         for key, value in zip(keys, values):
@@ -249,6 +228,7 @@ class RemoteStoreMachine(RuleBasedStateMachine):
     def restart(self):
         """Close and reopen on the same Redis (and disk directory): local tiers start empty
         (the disk tier keeps its pages), Redis still holds every page."""
+        local = self._local_keys() if self.with_disk else set()
         self.store.close()
         self.store = None
         self._open()
@@ -258,8 +238,9 @@ class RemoteStoreMachine(RuleBasedStateMachine):
         stats = self.store.stats()
         assert stats.tier("host").entries == 0
         if self.with_disk:
-            # every page reached disk (write-back demotions, then the flush at close)
-            assert stats.tier("disk").entries == len(self.values)
+            # every local page reached disk (write-back demotions, then the flush at close)
+            assert stats.tier("disk").entries == len(local)
+            assert self._local_keys() == local
 
     # -- pins ----------------------------------------------------------------------------------
     @rule(key=KEY)
@@ -284,7 +265,6 @@ class RemoteStoreMachine(RuleBasedStateMachine):
     # -- reads ---------------------------------------------------------------------------------
     @rule(key=KEY)
     def get(self, key):
-        self._settle([key])
         got = self.store.get(key)
         expected = self.values.get(key)
         assert (None if got is None else bytes(got)) == expected
@@ -295,7 +275,6 @@ class RemoteStoreMachine(RuleBasedStateMachine):
 
     @rule(key=KEY, size=SIZES)
     def get_into(self, key, size):
-        self._settle([key])
         expected = self.values.get(key)
         out = bytearray(size if expected is None else len(expected))
         assert self.store.get_into(key, out) == (expected is not None)
@@ -305,7 +284,6 @@ class RemoteStoreMachine(RuleBasedStateMachine):
 
     @rule(keys=st.lists(KEY, max_size=6))
     def batch_get(self, keys):
-        self._settle(keys)
         got = self.store.batch_get(keys)
         assert [None if g is None else bytes(g) for g in got] == [self.values.get(k) for k in keys]
         for key in keys:
@@ -313,7 +291,6 @@ class RemoteStoreMachine(RuleBasedStateMachine):
 
     @rule(keys=st.lists(KEY, max_size=6), size=SIZES)
     def batch_get_into(self, keys, size):
-        self._settle(keys)
         outs = [bytearray(len(self.values[k]) if k in self.values else size) for k in keys]
         assert self.store.batch_get_into(keys, outs) == [k in self.values for k in keys]
         for key, out in zip(keys, outs):
@@ -328,12 +305,10 @@ class RemoteStoreMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(0, len(CHAIN)))
     def lookup_prefix(self, n):
-        self._settle(CHAIN[:n])
         assert self.store.lookup_prefix(CHAIN[:n]) == leading_run(CHAIN[:n], self.values)
 
     @rule(keys=st.lists(KEY, max_size=6))
     def lookup_prefix_of_any_keys(self, keys):
-        self._settle(keys)
         assert self.store.lookup_prefix(keys) == leading_run(keys, self.values)
 
     @rule(keys=st.lists(KEY, min_size=1, max_size=6))
@@ -363,8 +338,9 @@ class RemoteStoreMachine(RuleBasedStateMachine):
         if self.with_disk:
             disk = stats.tier("disk")
             assert disk.evictions == 0 and disk.extra["io_errors"] == 0
-            # with a disk tier every page also lives locally: host, disk or both
-            assert max(host.entries, disk.entries) <= len(self.values) <= host.entries + disk.entries
+            # a local page is in the host tier, on disk or both; nothing else is
+            local = len(self._local_keys())
+            assert max(host.entries, disk.entries) <= local <= host.entries + disk.entries
         extra = remote.extra
         assert extra["breaker"] == "closed"
         assert (extra["errors"], extra["writes_failed"], extra["writes_dropped"], extra["corrupt"]) == (0, 0, 0, 0)
@@ -388,8 +364,8 @@ FAST_TIMEOUTS = dict(timeout_s=1.0, connect_timeout_s=1.0, breaker_failures=2,
 
 class RemoteOutageMachine(RuleBasedStateMachine):
     """Puts and reads while the server is killed and restarted. What Redis holds is not modelled
-    (a kill empties it); the model is ``values`` (key -> latest bytes), so a read gives that or
-    nothing, and an evicted key gives nothing."""
+    (a kill empties it); the model is ``values`` (key -> latest bytes a put stored: returned
+    True), so a read gives that or nothing, and an evicted key gives nothing."""
 
     def __init__(self, server, mode: str) -> None:
         super().__init__()
@@ -401,6 +377,7 @@ class RemoteOutageMachine(RuleBasedStateMachine):
         self.values: dict = {}
         self.pending: set = set()
         self.version = 0
+        self.rejected = 0
         self.probes = itertools.count()
 
     @initialize()
@@ -420,48 +397,47 @@ class RemoteOutageMachine(RuleBasedStateMachine):
         self.store.flush()
         self.pending.clear()
 
-    def _settle(self, keys) -> None:
-        """As in RemoteStoreMachine (the async bugs are not what this machine is about)."""
-        if any(k in self.pending and self.store.plan([k], FAR).ranges[0].tier != "host" for k in keys):
-            self._flush()
-
     def _check(self, keys, got) -> None:
         for key, view in zip(keys, got):
             if view is not None:
                 assert bytes(view) == self.values.get(key), "a read returned bytes other than the latest"
 
-    @rule(key=KEY, size=SIZES)
-    def put(self, key, size):
-        self._put(key, size)
-
-    def _put(self, key, size: int) -> None:
-        if key in self.pending:
-            self._flush()
-        value = self._value(key, size)
-        assert self.store.put(key, value)  # the host tier always takes it
-        self.values[key] = value
-        if self.mode == "async":
-            self.pending.add(key)
-
-    @rule(keys=st.lists(KEY, min_size=1, max_size=HOST_SLOTS, unique=True), size=SIZES)
-    def batch_put(self, keys, size):
-        if self.pending.intersection(keys):
-            self._flush()
-        values = [self._value(k, size) for k in keys]
-        assert self.store.batch_put(keys, values) == [True] * len(keys)  # at most the host's slots
-        for key, value in zip(keys, values):
+    def _stored(self, key, value, ok: bool) -> None:
+        if ok:
             self.values[key] = value
             if self.mode == "async":
                 self.pending.add(key)
+        else:
+            self.rejected += 1
+
+    @rule(key=KEY, size=SIZES, pin=st.booleans())
+    def put(self, key, size, pin):
+        self._put(key, size, pin)
+
+    def _put(self, key, size: int, pin: bool = False) -> None:
+        value = self._value(key, size)
+        ok = self.store.put(key, value, pin=pin)
+        assert ok or pin  # without a pin the host tier always takes it
+        self._stored(key, value, ok)
+
+    @rule(keys=st.lists(KEY, min_size=1, max_size=6), size=SIZES)
+    def batch_put(self, keys, size):
+        """More pages than the host can free (or a key twice): the tail is Redis's to take,
+        or refused while Redis is unreachable."""
+        values = [self._value(k, size) for k in keys]
+        for key, value, ok in zip(keys, values, self.store.batch_put(keys, values)):
+            self._stored(key, value, ok)
+
+    @rule(key=KEY)
+    def unpin(self, key):
+        self.store.unpin(key)
 
     @rule(key=KEY)
     def get(self, key):
-        self._settle([key])
         self._check([key], [self.store.get(key)])
 
     @rule(key=KEY)
     def get_into(self, key):
-        self._settle([key])
         expected = self.values.get(key)
         out = bytearray(len(expected) if expected is not None else SLOT)
         if self.store.get_into(key, out):
@@ -469,12 +445,10 @@ class RemoteOutageMachine(RuleBasedStateMachine):
 
     @rule(keys=st.lists(KEY, max_size=6))
     def batch_get(self, keys):
-        self._settle(keys)
         self._check(keys, self.store.batch_get(keys))
 
     @rule(key=KEY)
     def contains_and_lookup(self, key):
-        self._settle([key] + CHAIN)
         if key not in self.values:
             assert not self.store.contains(key)
         assert self.store.lookup_prefix(CHAIN) <= leading_run(CHAIN, self.values)
@@ -521,7 +495,7 @@ class RemoteOutageMachine(RuleBasedStateMachine):
         if self.store is not None:
             stats = self.store.stats()
             assert stats.gets == stats.hits + stats.miss_count
-            assert stats.puts_rejected == 0
+            assert stats.puts_rejected == self.rejected
 
 
 # one failure is shrunk and reported (the stale-copy bugs showed up as several "distinct" ones,
@@ -634,7 +608,7 @@ def test_a_put_the_host_refuses_leaves_no_stale_local_copy(redis_url, stores, tm
 
 class GatedWrites:
     """Wraps a store's ``RemoteTier.write`` so the first batch that holds ``key`` waits for
-    ``release`` (a slow network round trip), while later batches go through."""
+    ``release`` (a slow network round trip), while later batches go through (``later_done``)."""
 
     def __init__(self, store: TieredStore, key) -> None:
         self.remote, self.key = store._remote, key
@@ -666,7 +640,9 @@ def test_async_writes_of_one_key_reach_redis_in_put_order(redis_url, stores):
     assert store.put(K, old)
     assert gate.entered.wait(10)  # a worker is sending the old version, slowly
     assert store.put(K, new)
-    gate.later_done.wait(2)  # the other worker sent the new version meanwhile
+    # with two workers the other one sent the new version meanwhile (in milliseconds); with
+    # writes in put order it waits for the first, and this times out
+    gate.later_done.wait(0.5)
     gate.release.set()
     store.flush()
     other = stores(reader_config(redis_url, "kvtier:"))
@@ -684,9 +660,26 @@ def test_async_read_after_the_host_dropped_a_queued_page_is_not_stale(redis_url,
         assert store.put(K, new)
         assert gate.entered.wait(10)  # its write is on the way, slowly
         assert store.batch_put(others, [b"x"] * 4) == [True] * 4  # the host drops K for them
-        got = store.get(K)
+        threading.Timer(0.2, gate.release.set).start()  # the slow write lands in 0.2 s
+        got = store.get(K)  # (a read that waits for the queued write takes those 0.2 s)
         assert got is None or bytes(got) == new  # the store's own last write, or nothing
     finally:
         gate.release.set()
     store.flush()
-    assert bytes(store.get(K)) == new
+    assert bytes(store.get(K)) == new  # and no older version was promoted into the host
+
+
+def test_queries_count_a_queued_async_write_as_stored(redis_url, stores):
+    K, others = CHAIN[0], CHAIN[1:5]
+    store = stores(writer_config(redis_url, write_mode="async"))
+    gate = GatedWrites(store, K)
+    try:
+        assert store.put(K, page_of(K, 1, SLOT))
+        assert gate.entered.wait(10)  # its write is on the way, slowly
+        assert store.batch_put(others, [b"x"] * 4) == [True] * 4  # the host drops K for them
+        assert store.lookup_prefix([K]) == 1  # counted: its write is queued
+        answers = (store.contains(K), store.miss_reason(K), store.plan([K], FAR).hit_blocks)
+        assert answers == (True, None, 1)  # now (False, MissReason.EVICTED, 0)
+    finally:
+        gate.release.set()
+    assert bytes(store.get(K)) == page_of(K, 1, SLOT)  # a read would have found it

@@ -38,6 +38,7 @@ class StoreQueries:
         sizes = [0 if w is None else w[0].nbytes for w in where]
         absent = [i for i, w in enumerate(where) if w is None]
         if absent and self._remote is not None:
+            self._drain_remote()  # queued writes: sizes come from Redis
             remote_sizes = self._remote.sizes([checked[i] for i in absent]) or [0] * len(absent)
             for i, size in zip(absent, remote_sizes):
                 tiers[i], sizes[i] = ("remote", size) if size else (None, 0)
@@ -60,6 +61,8 @@ class StoreQueries:
             if self._locate(key, self._clock()) is not None:
                 return None
         if self._remote is not None:
+            if self._queued(key):
+                return None
             present = self._remote.exists([key])
             if present is None:
                 return MissReason.TIER_UNAVAILABLE

@@ -207,6 +207,11 @@ class RemoteMoves:
             pass
 
     # -- lookups -----------------------------------------------------------------------------
+    def _queued(self, key: BlockKey) -> bool:
+        """Whether a write of ``key`` to Redis is still queued (it is as good as stored)."""
+        with self._remote_lock:
+            return key in self._remote_pending_keys
+
     def _remote_lookup(self, keys: list[BlockKey], local: list[bool]) -> int:
         """The leading run of ``keys`` held locally (``local[i]``) or in Redis."""
         first_gap = local.index(False) if False in local else len(keys)

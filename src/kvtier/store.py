@@ -180,7 +180,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
             self._check_open()
             if self._locate(key, self._clock()) is not None:
                 return True
-        return self._remote is not None and self._remote.exists([key]) == [True]
+        return self._remote is not None and (self._queued(key) or self._remote.exists([key]) == [True])
 
     def evict(self, key: KeyLike) -> bool:
         """Drop ``key`` from every tier, the shared one too (pinned or not); ``True`` if any

@@ -5,14 +5,16 @@ Per page size, same run, same server, same batch size, in MB/s of raw page bytes
 * **kvtier**: ``RemoteTier.put_many`` (``codec="none"``, ``write_mode="sync"``: header, checksum,
   value buffer, one pipelined round trip of SETs) and ``get_many`` into preallocated caller
   buffers (one round trip of GET + PTTL per key, header and checksum checks, copy out);
-* **ceiling**: a plain ``redis.Redis`` with the tier's socket options, pipelined
-  (``transaction=False``) SET / GET of the same prebuilt ``bytes`` in batches of the same size:
-  the same client library and round trips, with nothing of kvtier around them;
-* **context**: ``redis-benchmark -c 1 -P batch -d size -t set,get`` (one connection too), run
+* **ceiling** (``raw``): a plain ``redis.Redis`` configured as the tier's client (socket
+  options, packer, socket read size), pipelined (``transaction=False``) SET / GET of the same
+  prebuilt ``bytes`` in batches of the same size: same library, same client settings, same
+  round trips, nothing of kvtier around them;
+* **context**: the same loop on a client with redis-py's defaults (``default``: hiredis packer,
+  32 KiB reads), and ``redis-benchmark -c 1 -P batch -d size -t set,get`` (one connection too)
   once per page size for as many requests as the measured trials; skipped, with the reason,
   when not on PATH, for TLS URLs, or when its fixed key ``key:__rand_int__`` already exists.
 
-Trials alternate which side goes first; a warm-up trial (which also checks that the tier read
+Trials rotate which loop goes first; a warm-up trial (which also checks that the tier read
 back every page as a HIT with the bytes written) is discarded and the median of the rest kept.
 Keys live under a prefix unique to the run and are deleted at the end. A password reaches
 redis-benchmark as ``-a`` (visible in the process list while it runs).
@@ -34,13 +36,14 @@ from typing import Any, Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from .. import native
 from ..config import MiB, RemoteTierConfig
 from ..keys import BlockKey, Namespace
-from ..tiers.remote import HIT, RemoteTier
+from ..tiers.remote import _BUFFER_CUTOFF, _READ_CHUNK, HIT, RemoteTier
 from .host import _cpu_name
 
 DEFAULT_REMOTE_PAGE_SIZES = (256 << 10, 1 << 20, 4 << 20)
@@ -87,25 +90,19 @@ class RemoteResult:
     pages: int            # pages written and read per trial and side
     write: float          # kvtier put_many
     read: float           # kvtier get_many into caller buffers
-    raw_write: float      # redis-py pipelined SET
-    raw_read: float       # redis-py pipelined GET
+    raw_write: float      # redis-py pipelined SET, the tier's client settings
+    raw_read: float       # redis-py pipelined GET, the tier's client settings
+    default_write: float  # the same on a client with redis-py's defaults (context)
+    default_read: float
     bench_write: float | None
     bench_read: float | None
     verified_pages: int   # pages the warm-up read back from the tier as HITs with equal bytes
     trials: dict[str, list[float]] = field(default_factory=dict)  # every measured trial
 
-    @property
-    def write_ratio(self) -> float:
-        return self.write / self.raw_write
-
-    @property
-    def read_ratio(self) -> float:
-        return self.read / self.raw_read
-
-    def vs_redis_benchmark(self) -> tuple[float | None, float | None]:
-        """(write, read) over redis-benchmark's SET and GET (None where it did not run)."""
-        return (None if self.bench_write is None else self.write / self.bench_write,
-                None if self.bench_read is None else self.read / self.bench_read)
+    def vs(self, ceiling: str = "raw") -> tuple[float | None, float | None]:
+        """kvtier's (write, read) over those of ``ceiling``: raw, default or bench (None: not run)."""
+        theirs = getattr(self, f"{ceiling}_write"), getattr(self, f"{ceiling}_read")
+        return tuple(None if x is None else mine / x for mine, x in zip((self.write, self.read), theirs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +121,8 @@ class RemoteBenchResult:
         doc["settings"].pop("password")
         doc["settings"]["url"] = self.url
         for row, result in zip(doc["results"], self.results):
-            row.update(write_ratio=result.write_ratio, read_ratio=result.read_ratio)
-            row["bench_write_ratio"], row["bench_read_ratio"] = result.vs_redis_benchmark()
+            for name, prefix in (("raw", ""), ("default", "default_"), ("bench", "bench_")):
+                row[f"{prefix}write_ratio"], row[f"{prefix}read_ratio"] = result.vs(name)
         return doc
 
 
@@ -136,7 +133,7 @@ def run_remote_bench(settings: RemoteBenchSettings,
     config = RemoteTierConfig(url=settings.url, password=settings.password, codec="none",
                               write_mode="sync", key_prefix=prefix,
                               allow_insecure=True)  # only the bench's own random pages, deleted after
-    client = raw_client(config)
+    client, default = raw_client(config), raw_client(config, like_tier=False)
     client.ping()  # an unreachable server or refused credentials raise here, with redis-py's message
     tier = RemoteTier(config)
     if not tier.available:
@@ -147,7 +144,7 @@ def run_remote_bench(settings: RemoteBenchSettings,
     try:
         version = client.info("server").get("redis_version", "?")
         for page_bytes in settings.page_sizes:
-            row = _page_size(tier, client, prefix, page_bytes, settings, progress)
+            row = _page_size(tier, (client, default), prefix, page_bytes, settings, progress)
             if bench_args is not None:
                 try:
                     bench = _redis_benchmark(client, bench_args, page_bytes, settings.batch,
@@ -159,8 +156,8 @@ def run_remote_bench(settings: RemoteBenchSettings,
                     row = dataclasses.replace(row, bench_write=bench[0], bench_read=bench[1])
             results.append(row)
     finally:
-        tier.close()
-        client.close()
+        for closable in (tier, client, default):
+            closable.close()
     tool_text = None if bench_args is None else subprocess.run(
         [bench_args[0], "--version"], capture_output=True, text=True).stdout.strip()
     return RemoteBenchResult(settings, config.redacted_url, f"redis {version}", _client_versions(),
@@ -172,11 +169,15 @@ def remote_bench_steps(settings: RemoteBenchSettings) -> int:
     return len(settings.page_sizes) * (settings.trials + 1)
 
 
-def raw_client(config: RemoteTierConfig) -> redis.Redis:
-    """A plain redis-py client with the tier's socket, retry and TLS options."""
+def raw_client(config: RemoteTierConfig, *, like_tier: bool = True) -> redis.Redis:
+    """A plain redis-py client with the tier's socket, retry and TLS options, and with
+    ``like_tier`` its packer and socket read size too (else redis-py's defaults for those)."""
     options: dict[str, Any] = dict(socket_connect_timeout=config.connect_timeout_s,
                                    socket_timeout=config.timeout_s, retry=Retry(NoBackoff(), 0),
                                    health_check_interval=0)
+    if like_tier:  # as RemoteTier._connect (tests/test_bench_remote.py checks they agree)
+        encode = Encoder("utf-8", "strict", False).encode
+        options.update(command_packer=PythonRespSerializer(_BUFFER_CUTOFF, encode), socket_read_size=_READ_CHUNK)
     options.update({name: getattr(config, name) for name in ("username", "password") if getattr(config, name)})
     if config.url.startswith("rediss://"):
         options.update(ssl_ca_certs=config.tls_ca_certs or None, ssl_certfile=config.tls_certfile or None,
@@ -185,22 +186,23 @@ def raw_client(config: RemoteTierConfig) -> redis.Redis:
     return redis.Redis.from_url(config.url, **options)
 
 
-def _page_size(tier: RemoteTier, client: redis.Redis, prefix: str, page_bytes: int,
-               s: RemoteBenchSettings, progress: Callable[[str], None]) -> RemoteResult:
+def _page_size(tier: RemoteTier, clients: tuple[redis.Redis, redis.Redis], prefix: str,
+               page_bytes: int, s: RemoteBenchSettings, progress: Callable[[str], None]) -> RemoteResult:
     count = max(s.batch, s.bytes_per_run // page_bytes)
     count -= count % s.batch
     pages = [os.urandom(page_bytes) for _ in range(s.batch)]
     keys = [BENCH_NAMESPACE.key_for_bytes(i.to_bytes(8, "little")) for i in range(count)]
     names = [f"{prefix}raw:{i}".encode() for i in range(count)]
     outs = [memoryview(native.alloc_bytearray(page_bytes)) for _ in range(s.batch)]
-    runs: dict[str, list[float]] = {"write": [], "read": [], "raw_write": [], "raw_read": []}
     sides: dict[str, Callable[[bool], tuple[float, float, int]]] = {
         "": lambda check: _kvtier_trial(tier, keys, pages, outs, s.batch, check),
-        "raw_": lambda check: _raw_trial(client, names, pages, s.batch, check)}
+        "raw_": lambda check: _raw_trial(clients[0], names, pages, s.batch, check),
+        "default_": lambda check: _raw_trial(clients[1], names, pages, s.batch, check)}
+    runs: dict[str, list[float]] = {f"{side}{op}": [] for side in sides for op in ("write", "read")}
     verified = 0
     try:
         for trial in range(s.trials + 1):  # trial 0: the warm-up, which also checks the bytes
-            for side in list(sides)[::1 if trial % 2 else -1]:
+            for side in [*sides][trial % 3:] + [*sides][:trial % 3]:
                 write_s, read_s, checked = sides[side](trial == 0)
                 verified += checked
                 runs[f"{side}write"].append(count * page_bytes / write_s)
@@ -208,7 +210,7 @@ def _page_size(tier: RemoteTier, client: redis.Redis, prefix: str, page_bytes: i
             progress(f"{page_bytes >> 10} KiB pages, trial {trial + 1} of {s.trials + 1}")
     finally:
         tier.delete(keys)
-        client.delete(*names)
+        clients[0].delete(*names)
     kept = {name: values[1:] for name, values in runs.items()}  # the warm-up is discarded
     medians = {name: statistics.median(values) for name, values in kept.items()}
     return RemoteResult(page_bytes, s.batch, count, **medians, bench_write=None, bench_read=None,
@@ -269,7 +271,7 @@ def _redis_benchmark_args(config: RemoteTierConfig, tool: str | None,
               if client.exists(BENCHMARK_KEY) else "")
     if reason:
         return None, f"redis-benchmark not run: {reason}"
-    args = [str(tool), *(["-s", kw["path"]] if "path" in kw else ["-h", kw["host"], "-p", str(kw["port"])])]
+    args = [str(tool), *(["-s", kw["path"]] if "path" in kw else ["-h", kw["host"], "-p", f"{kw['port']}"])]
     args += ["--dbnum", str(kw["db"])] if kw.get("db") else []
     if kw.get("password"):
         args += [*(["--user", kw["username"]] if kw.get("username") else []), "-a", kw["password"]]
@@ -279,9 +281,10 @@ def _redis_benchmark_args(config: RemoteTierConfig, tool: str | None,
 def _redis_benchmark(client: redis.Redis, args: list[str], page_bytes: int, batch: int,
                      requests: int) -> tuple[float | None, float | None]:
     """(SET, GET) bytes/s from ``redis-benchmark -c 1 -P batch -d page_bytes -t set,get``."""
-    command = [*args, "-t", "set,get", "-c", "1", "-P", str(batch), "-d", str(page_bytes), "-n", str(requests)]
+    command = [*args, "-t", "set,get", "-c", "1", "-P", f"{batch}", "-d", f"{page_bytes}", "-n", f"{requests}"]
     try:
-        out = subprocess.run([*command, "--csv"], capture_output=True, text=True, check=True, timeout=600).stdout
+        out = subprocess.run([*command, "--csv"], capture_output=True, text=True, check=True,
+                             timeout=600).stdout
     finally:
         client.delete(BENCHMARK_KEY)
     rps = {row["test"]: float(row["rps"]) for row in csv.DictReader(out.splitlines()) if "rps" in row}
