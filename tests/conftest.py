@@ -42,6 +42,20 @@ def make_store(clock):
         store.close()
 
 
+@pytest.fixture
+def stores():
+    """Build real stores from full configs (real clock); closes them all, newest first."""
+    opened: list[TieredStore] = []
+
+    def build(config: StoreConfig) -> TieredStore:
+        store = TieredStore(config)
+        opened.append(store)
+        return store
+    yield build
+    for store in reversed(opened):
+        store.close()
+
+
 def page(seed: int, nbytes: int = 4096) -> bytes:
     """A deterministic page whose every 8-byte word names its seed (torn pages are visible)."""
     word = seed.to_bytes(8, "little")

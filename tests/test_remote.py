@@ -36,17 +36,6 @@ def tokens(n_pages: int, seed: int = 0) -> list[int]:
     return [(seed * 7919 + i) % 50000 for i in range(16 * n_pages)]
 
 
-@pytest.fixture
-def stores():
-    opened: list[TieredStore] = []
-
-    def build(cfg: StoreConfig) -> TieredStore:
-        store = TieredStore(cfg)
-        opened.append(store)
-        return store
-    yield build
-    for store in opened:
-        store.close()
 
 
 def test_round_trip_through_a_second_store(redis_url, stores):

@@ -561,17 +561,6 @@ def test_a_killed_server_loses_its_pages_and_the_store_recovers(tmp_path):
 
 
 # -- bugs the machines ran into, pinned down by hand ------------------------------------------
-@pytest.fixture
-def stores():
-    opened: list[TieredStore] = []
-
-    def build(cfg: StoreConfig) -> TieredStore:
-        store = TieredStore(cfg)
-        opened.append(store)
-        return store
-    yield build
-    for store in reversed(opened):
-        store.close()
 
 
 def writer_config(url: str, *, write_mode: str = "sync", disk_dir=None) -> StoreConfig:

@@ -43,9 +43,9 @@ _WINDOW = struct.Struct("<Q")
 VALUE_PREFIX = HEADER_BYTES + _WINDOW.size  # bytes before the payload in a Redis value
 _MAX_WINDOW_MS = 10 * 365 * 86400 * 1000     # a window longer than ten years is not ours
 _USED_SAMPLE_S = 1.0                          # how often used_memory is read from INFO
-_POOL_BYTES = 64 << 20                        # value buffers kept for reuse, at most
+_POOL_BYTES = 80 << 20                        # value buffers kept: a 16 × 4 MiB batch and its headers
 _BUFFER_CUTOFF = 6000                         # redis-py's: larger arguments are sent as they are
-_READ_CHUNK = 1 << 20                         # socket reads (redis-py's 64 KiB: 16× the calls per page)
+_READ_CHUNK = 1 << 20                         # socket reads (redis-py's default: 32 KiB)
 
 
 class RemoteRead:
