@@ -17,7 +17,8 @@ from conftest import page
 from kvtier import HostTierConfig, MissReason, Namespace, StoreConfig, TieredStore
 from kvtier.config import RemoteTierConfig
 from kvtier.errors import BufferSizeError, ConfigError
-from kvtier.tiers.remote import VALUE_PREFIX
+from kvtier.tiers.remote import VALUE_PREFIX, ValueParts, command_packer
+from redis.connection import Encoder, PythonRespSerializer
 
 pytestmark = pytest.mark.redis
 SLOT = 16384
@@ -51,6 +52,21 @@ def test_round_trip_through_a_second_store(redis_url, stores):
     assert stats.tier("host").entries == 4  # promoted as far as the host tier has room
     out = bytearray(SLOT)
     assert reader.get_into(keys[0], out) and bytes(out) == pages[0]
+
+
+def test_a_value_sent_in_parts_is_the_same_command_on_the_wire():
+    """put_many sends header and page as two buffers of one value: the bytes on the wire must
+    equal redis-py's packing of the joined value (else Redis would store something else)."""
+    head, body = bytearray(b"h" * VALUE_PREFIX), memoryview(os.urandom(70000))
+    plain = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+    ours = command_packer()
+    for args in (("SET", b"kvtier:ab", None, "PX", 1500), ("SET", b"k", None)):
+        wire = b"".join(bytes(c) for c in ours.pack(*[ValueParts(head, body) if a is None else a for a in args]))
+        joined = b"".join(bytes(c) for c in plain.pack(*[bytes(head) + bytes(body) if a is None else a for a in args]))
+        assert wire == joined
+    chunks = ours.pack("SET", b"k", ValueParts(head, body))
+    assert any(c is body for c in chunks)  # the page itself, not a copy
+    assert b"".join(bytes(c) for c in ours.pack("GET", b"k")) == b"".join(plain.pack("GET", b"k"))
 
 
 def test_async_writes_are_batched_and_flushed(redis_url, stores):

@@ -2,8 +2,8 @@
 
 Per page size, same run, same server, same batch size, in MB/s of raw page bytes:
 
-* **kvtier**: ``RemoteTier.put_many`` (``codec="none"``, ``write_mode="sync"``: header, checksum,
-  value buffer, one pipelined round trip of SETs) and ``get_many`` into preallocated caller
+* **kvtier**: ``RemoteTier.put_many`` (``codec="none"``, ``write_mode="sync"``: header and
+  checksum, the page itself sent after the header, one pipelined round trip of SETs) and ``get_many`` into preallocated caller
   buffers (one round trip of GET + PTTL per key, header and checksum checks, copy out);
 * **ceiling** (``raw``): a plain ``redis.Redis`` configured as the tier's client (socket
   options, packer, socket read size), pipelined (``transaction=False``) SET / GET of the same
@@ -36,14 +36,13 @@ from typing import Any, Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from .. import native
 from ..config import MiB, RemoteTierConfig
 from ..keys import BlockKey, Namespace
-from ..tiers.remote import _BUFFER_CUTOFF, _READ_CHUNK, HIT, RemoteTier
+from ..tiers.remote import _READ_CHUNK, HIT, RemoteTier, command_packer
 from .host import _cpu_name
 
 DEFAULT_REMOTE_PAGE_SIZES = (256 << 10, 1 << 20, 4 << 20)
@@ -176,8 +175,7 @@ def raw_client(config: RemoteTierConfig, *, like_tier: bool = True) -> redis.Red
                                    socket_timeout=config.timeout_s, retry=Retry(NoBackoff(), 0),
                                    health_check_interval=0)
     if like_tier:  # as RemoteTier._connect (tests/test_bench_remote.py checks they agree)
-        encode = Encoder("utf-8", "strict", False).encode
-        options.update(command_packer=PythonRespSerializer(_BUFFER_CUTOFF, encode), socket_read_size=_READ_CHUNK)
+        options.update(command_packer=command_packer(), socket_read_size=_READ_CHUNK)
     options.update({name: getattr(config, name) for name in ("username", "password") if getattr(config, name)})
     if config.url.startswith("rediss://"):
         options.update(ssl_ca_certs=config.tls_ca_certs or None, ssl_certfile=config.tls_certfile or None,
