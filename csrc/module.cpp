@@ -20,6 +20,7 @@
 #include "checksum.h"
 #include "copy.h"
 #include "io.h"
+#include "paged.h"
 #include "shuffle.h"
 
 namespace py = pybind11;
@@ -344,6 +345,43 @@ void shuffle_call(py::handle dst_obj, py::handle src_obj, py::handle elem_obj, b
   }
 }
 
+// operator.index(obj) as an address (an int in [0, 2**64)).
+std::uintptr_t address_arg(py::handle obj, const char* func, const char* arg) {
+  const auto index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();
+  const unsigned long long value = PyLong_AsUnsignedLongLong(index.ptr());
+  if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "%s(): %s must be an address in [0, 2**64), got %S", func,
+                 arg, index.ptr());
+    throw py::error_already_set();
+  }
+  return static_cast<std::uintptr_t>(value);
+}
+
+// paged_copy(): the CPU reference of the paged gather/scatter kernels (paged.h).
+void paged_copy_call(py::handle gather_obj, py::handle pages, py::handle segments,
+                     py::handle block_ids, py::handle num_pages, py::handle blocks_per_page,
+                     py::handle num_segments, py::handle chunk_bytes) {
+  const char* func = "paged_copy";
+  const int gather = PyObject_IsTrue(gather_obj.ptr());
+  if (gather < 0) throw py::error_already_set();
+  kvtier::PagedCopy op;
+  op.gather = gather != 0;
+  op.pages = reinterpret_cast<const std::int64_t*>(address_arg(pages, func, "pages"));
+  op.segments = reinterpret_cast<const std::int64_t*>(address_arg(segments, func, "segments"));
+  op.block_ids = reinterpret_cast<const std::int64_t*>(address_arg(block_ids, func, "block_ids"));
+  op.num_pages = size_arg(num_pages, func, "num_pages");
+  op.blocks_per_page = size_arg(blocks_per_page, func, "blocks_per_page");
+  op.num_segments = size_arg(num_segments, func, "num_segments");
+  op.chunk_bytes = size_arg(chunk_bytes, func, "chunk_bytes");
+  const std::size_t chunks = op.num_pages * op.blocks_per_page * op.num_segments;
+  if (chunks == 0 || op.chunk_bytes == 0) return;
+  if (chunks * op.chunk_bytes < kvtier::kReleaseGilBytes) return kvtier::paged_copy(op);
+  py::gil_scoped_release nogil;
+  kvtier::paged_copy(op);  // noexcept
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -420,6 +458,14 @@ PYBIND11_MODULE(_native, m) {
         py::arg("count"), py::arg("write"),
         "raw_io_bench(path, page_bytes, batch, count, write)\n--\n\n"
         "Seconds to move count pages of page_bytes to/from path, batch per io_batch (O_DIRECT).");
+
+  // Paged gather/scatter, CPU reference of csrc/cuda/paged_copy.cu (csrc/paged.h).
+  m.def("paged_copy", &paged_copy_call, py::arg("gather"), py::arg("pages"), py::arg("segments"),
+        py::arg("block_ids"), py::arg("num_pages"), py::arg("blocks_per_page"),
+        py::arg("num_segments"), py::arg("chunk_bytes"),
+        "paged_copy(gather, pages, segments, block_ids, num_pages, blocks_per_page, "
+        "num_segments, chunk_bytes)\n--\n\n"
+        "Gather engine blocks into pages (or scatter back) from int64 tables at host addresses.");
 
   // Codec filter (csrc/shuffle.h).
   m.def(

@@ -43,4 +43,7 @@ install_redis_server() {
 }
 install_redis_server
 
+# vLLM (CPU build) for tests/test_vllm.py, in its own cached virtualenv (.venv-vllm); never fails the suite.
+./scripts/vllm-env.sh || true
+
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -13,10 +13,10 @@ TINY_DISK = ["--disk-page-sizes", "256KiB", "--disk-bytes", "4MiB", "--disk-tria
 
 def test_bench_json_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB,256KiB", "--capacity", "4MiB",
+    result = CliRunner().invoke(app, ["bench", "--micro", "--page-sizes", "64KiB,256KiB", "--capacity", "4MiB",
                                       "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
                                       *TINY_DISK, "--disk-dir", str(tmp_path / "d"),
-                                      "--json", "-o", str(out)])
+                                      "--json", "-o", str(out), "--plot", str(tmp_path / "micro.png")])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert [p["page_bytes"] for p in doc["pages"]] == [64 << 10, 256 << 10]
@@ -37,10 +37,11 @@ def test_bench_json_at_tiny_size(tmp_path):
         assert row["read_ratio"] == row["read"] / row["read_ceiling"]
     assert disk["ceiling_tool"] in ("fio", "native loop") and isinstance(disk["direct_io"], bool)
     assert not any((tmp_path / "d").iterdir())  # nothing left behind in the bench directory
+    assert (tmp_path / "micro.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_table_output():
-    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
+    result = CliRunner().invoke(app, ["bench", "--micro", "--page-sizes", "64KiB", "--capacity", "1MiB",
                                       "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
                                       *TINY_DISK])
     assert result.exit_code == 0, result.output
@@ -51,7 +52,7 @@ def test_bench_table_output():
 
 def test_bench_without_disk_skips_it(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--page-sizes", "64KiB", "--capacity", "1MiB",
+    result = CliRunner().invoke(app, ["bench", "--micro", "--page-sizes", "64KiB", "--capacity", "1MiB",
                                       "--seconds", "0.01", "--trials", "1", "--metadata-ops", "500",
                                       "--no-disk", "--json", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -59,12 +60,12 @@ def test_bench_without_disk_skips_it(tmp_path):
 
 
 def test_bench_rejects_unaligned_disk_pages():
-    result = CliRunner().invoke(app, ["bench", "--disk-page-sizes", "5000"])
+    result = CliRunner().invoke(app, ["bench", "--micro", "--disk-page-sizes", "5000"])
     assert result.exit_code != 0 and "multiples of 4096" in result.output
 
 
 def test_bench_rejects_bad_sizes():
-    result = CliRunner().invoke(app, ["bench", "--page-sizes", "lots"])
+    result = CliRunner().invoke(app, ["bench", "--micro", "--page-sizes", "lots"])
     assert result.exit_code != 0
     assert "cannot parse size" in result.output
 

@@ -38,6 +38,7 @@ __all__ = [
     "io_batch",
     "io_engine",
     "io_threads",
+    "paged_copy",
     "raw_io_bench",
     "set_copy_threads",
     "set_copy_threshold",
@@ -474,3 +475,44 @@ def _shuffle_call(dst: Any, src: Any, element_bytes: int, forward: bool) -> None
         else:
             out[:body] = inp[:body].reshape(elem, -1).T.reshape(-1)
         out[body:] = inp[body:]
+
+
+# --- paged gather/scatter (csrc/paged.cpp) -------------------------------------------
+
+
+def _address(value: Any, func: str, arg: str) -> int:
+    n = operator.index(value)
+    if not 0 <= n < 1 << 64:
+        raise ValueError(f"{func}(): {arg} must be an address in [0, 2**64), got {n}")
+    return n
+
+
+def paged_copy(gather: Any, pages: Any, segments: Any, block_ids: Any, num_pages: Any,
+               blocks_per_page: Any, num_segments: Any, chunk_bytes: Any) -> None:
+    """Gather engine blocks into pages (or scatter back) from int64 tables at host addresses."""
+    func = "paged_copy"
+    forward = bool(gather)
+    pages_at = _address(pages, func, "pages")
+    segments_at = _address(segments, func, "segments")
+    ids_at = _address(block_ids, func, "block_ids")
+    n_pages = _nonnegative_index(num_pages, func, "num_pages")
+    per_page = _nonnegative_index(blocks_per_page, func, "blocks_per_page")
+    n_segments = _nonnegative_index(num_segments, func, "num_segments")
+    chunk = _nonnegative_index(chunk_bytes, func, "chunk_bytes")
+    if not (n_pages and per_page and n_segments and chunk):
+        return
+    table = ctypes.c_int64
+    page_addrs = (table * n_pages).from_address(pages_at)
+    segs = (table * (2 * n_segments)).from_address(segments_at)
+    ids = (table * (n_pages * per_page)).from_address(ids_at)
+    for p in range(n_pages):
+        out = page_addrs[p]
+        for s in range(n_segments):
+            base, stride = segs[2 * s], segs[2 * s + 1]
+            for j in range(per_page):
+                block = base + ids[p * per_page + j] * stride
+                if forward:
+                    ctypes.memmove(out, block, chunk)
+                else:
+                    ctypes.memmove(block, out, chunk)
+                out += chunk

@@ -94,12 +94,16 @@ class HostTierConfig:
         verify_checksums: store an xxh3-64 checksum per page and verify it on every read; a
             mismatch is a miss with reason ``corrupt``. Off by default: DRAM is ECC-protected
             and hashing costs bandwidth; persistent tiers always verify.
+        cuda_pin: page-lock the arena with ``cudaHostRegister`` when a CUDA device is usable,
+            so copies to and from GPUs are DMA at full PCIe speed (no effect without one;
+            failure to pin is reported in ``stats()``, never an error).
     """
 
     capacity_bytes: int = 1 * GiB
     slot_bytes: int = 1 * MiB
     prefault: bool = True
     verify_checksums: bool = False
+    cuda_pin: bool = True
 
     def __post_init__(self) -> None:
         _set_sizes(self, ("capacity_bytes", "slot_bytes"))
@@ -364,6 +368,12 @@ class StoreConfig:
         transfer_queue_depth: jobs each transfer-engine route (``"disk->host"``, ...) queues
             before a submitter blocks (backpressure; see ``kvtier.transfer``).
         block_tokens: tokens per page, for ``plan()`` (load vs recompute); a call may override it.
+        metrics_port: serve the store's metrics to Prometheus on this port (``None``: no
+            exporter; ``0``: any free port). ``TieredStore(metrics_port=...)`` overrides it.
+            Stores of one process with the same port share one exporter (docs/metrics.md).
+        metrics_addr: the address the exporter listens on; loopback by default, so set it
+            (e.g. ``"0.0.0.0"``) for a Prometheus server on another host.
+        metrics_name: the ``store`` label of this store's metrics; unique per process.
     """
 
     host: HostTierConfig = field(default_factory=HostTierConfig)
@@ -378,6 +388,9 @@ class StoreConfig:
     copy_threads: int = 0
     transfer_queue_depth: int = 256
     block_tokens: int = 256
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    metrics_name: str = "default"
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, HostTierConfig):
@@ -409,6 +422,13 @@ class StoreConfig:
         for name in ("async_workers", "transfer_queue_depth", "block_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+            raise ConfigError(f"metrics_port must be a port number from 0 to 65535 (0: any free "
+                              f"port) or None, got {port!r}")
+        for name in ("metrics_addr", "metrics_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "StoreConfig":

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from .index import Entry, Reservation
 from .keys import BlockKey
 from .errors import InvalidArgumentError, StoreClosedError
+from .tiers.device import DEVICE_TO_HOST, HOST_TO_DEVICE
 from .tiers.disk import DiskTier
 from .transfer import TransferEngine
 from .tiers.disk_index import DiskRecord
@@ -30,8 +31,10 @@ DISK_READS = "disk->host"     # disk hits, promotions, and the queued prefetches
 def make_engine(queue_depth: int) -> TransferEngine:
     """The store's transfer engine: one route per direction between its tiers."""
     # one host->remote worker: writes of one key must reach Redis in put order
+    # device->host / host->device: CUDA copies on their own streams, measured with events
     return TransferEngine({HOST_READS: 1, DISK_WRITES: 1, DISK_READS: 2, REMOTE_WRITES: 1,
-                           REMOTE_READS: 1}, queue_depth=queue_depth)
+                           REMOTE_READS: 1, DEVICE_TO_HOST: 1, HOST_TO_DEVICE: 1},
+                          queue_depth=queue_depth)
 
 
 class TierMoves:

@@ -59,6 +59,7 @@ __all__ = [
     "io_batch",
     "io_engine",
     "io_threads",
+    "paged_copy",
     "raw_io_bench",
     "set_copy_threads",
     "set_copy_threshold",
@@ -140,3 +141,7 @@ shuffle: Callable[[Any, Any, int], None] = _impl.shuffle
 """Split src into byte planes (bit planes for 1-byte elements) in dst, tail unchanged."""
 unshuffle: Callable[[Any, Any, int], None] = _impl.unshuffle
 """Reassemble elements from the byte planes (bit planes for 1-byte elements) of src."""
+
+# Paged gather/scatter, the CPU reference of the CUDA kernels; use it through kvtier.layout.
+paged_copy: Callable[..., None] = _impl.paged_copy
+"""Gather engine blocks into pages (or scatter back) from int64 tables at host addresses."""

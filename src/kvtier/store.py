@@ -20,23 +20,30 @@ from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, Invalid
                      StoreClosedError, UnsupportedValueError, ValueTooLargeError)
 from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
 from .keys import DEFAULT_NAMESPACE, BlockKey
-from .metrics import MissReason, StoreCounters, StoreStats, TierStats
+from .metrics import MissReason, OpTimings, StoreCounters, StoreStats, TierStats, unregister
+from .device_moves import DeviceMoves, is_cuda_tensor
 from .movement import HOST_READS, TierMoves, make_engine
 from .queries import DEFAULT_SPEEDS, StoreQueries  # noqa: F401  (DEFAULT_SPEEDS: public)
 from .remote_moves import RemoteMoves
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
 
+_timer = time.perf_counter  # times public calls for stats().latency (kvtier_op_duration_seconds)
 KeyLike = BlockKey | bytes
 
 
-class TieredStore(TierMoves, RemoteMoves, StoreQueries):
+class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
     """KV pages across memory tiers, fastest first: host DRAM, then NVMe (``config.disk``),
     then a shared Redis (``config.remote``).
 
     Args:
         config: the store's configuration (``StoreConfig()`` defaults if omitted).
         clock: monotonic seconds used for TTL windows; inject one to test or simulate expiry.
+        metrics_port: serve this store's metrics to Prometheus at
+            ``http://{config.metrics_addr}:{metrics_port}/metrics`` (joining an exporter this
+            process already runs on that port; docs/metrics.md); default
+            ``config.metrics_port`` (``KVTIER_METRICS_PORT``), ``None``: no exporter.
+        metrics_name: the ``store`` label of its metrics (default ``config.metrics_name``).
 
     Keys are ``BlockKey`` (see ``Namespace.prefix_keys``) or plain ``bytes``, which are hashed
     into the default namespace. Values are C-contiguous buffers: bytes, bytearray, memoryview,
@@ -45,7 +52,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
     """
 
     def __init__(self, config: StoreConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics_port: int | None = None,
+                 metrics_name: str | None = None) -> None:
         config = StoreConfig() if config is None else config
         if not isinstance(config, StoreConfig):
             raise ConfigError(f"TieredStore needs a StoreConfig, got {type(config).__name__}")
@@ -58,6 +66,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._counters = StoreCounters()
+        self._timings: OpTimings | None = None  # see time_operations()
         self._ghosts = GhostList(config.ghost_entries)
         if config.copy_threads:
             native.set_copy_threads(config.copy_threads)
@@ -75,6 +84,14 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
                 tier.close()
             raise
         self._first_tier, self._first_index = self._tiers[0]
+        port = config.metrics_port if metrics_port is None else metrics_port
+        if port is not None:
+            from .prometheus import serve_store  # imports prometheus-client: only when exporting
+            try:
+                serve_store(self, port, config.metrics_addr, metrics_name or config.metrics_name)
+            except BaseException:
+                self.close()
+                raise
 
     @staticmethod
     def _open_tiers(config: StoreConfig) -> list[Tier]:
@@ -115,7 +132,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
 
     def close(self) -> None:
         """Finish queued async operations, wait for copies in flight, write host-only pages
-        back to disk (``disk.flush_on_close``), release every tier."""
+        back to disk (``disk.flush_on_close``), release every tier, leave the metrics exporter."""
+        unregister(self)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if not self._closed:
@@ -143,6 +161,13 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
     def closed(self) -> bool:
         return self._closed
 
+    def time_operations(self) -> None:
+        """Time every later put/get/batch/lookup_prefix call into ``stats().latency`` (about
+        0.3 us per call). Exporting the store to Prometheus turns it on; idempotent."""
+        with self._lock:
+            if self._timings is None:
+                self._timings = OpTimings()
+
     # -- single-block API --------------------------------------------------------------------
     def put(self, key: KeyLike, value: Any, *, ttl_s: float | None = None, pin: bool = False) -> bool:
         """Store ``value`` under ``key``; ``False`` when no tier admits it (full of pinned or
@@ -150,17 +175,29 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
 
         Args:
             value: a C-contiguous buffer (bytes, bytearray, memoryview, numpy array, CPU torch
-                tensor), at most the first tier's ``slot_bytes``. Not retained: copied in.
+                tensor), at most the first tier's ``slot_bytes``. Not retained: copied in. A
+                contiguous CUDA tensor is copied asynchronously, after the work queued on the
+                current stream; don't overwrite it before ``synchronize()`` (docs/gpu.md).
             ttl_s: this block's cache window in seconds (default: ``StoreConfig.ttl_s``).
             pin: keep the block in its tier (never evicted or expired) until ``unpin``.
         """
+        timings = self._timings  # None unless exported: then a call costs nothing extra
+        start = _timer() if timings is not None else 0.0
         if type(key) is not BlockKey:
             key = self._key(key)
-        return self._put(key, self._value(value), self._ttl(ttl_s), pin)
+        stored = self._put(key, self._value(value), self._ttl(ttl_s), pin)
+        if timings is not None:
+            timings.put.observe(_timer() - start)
+        return stored
 
     def get(self, key: KeyLike) -> memoryview | None:
         """A copy of the page as a flat byte ``memoryview`` (writable, caller-owned), or ``None``."""
-        return self._get(self._key(key), None)
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
+        got = self._get(self._key(key), None)
+        if timings is not None:
+            timings.get.observe(_timer() - start)
+        return got
 
     def get_into(self, key: KeyLike, out: Any) -> bool:
         """Copy the page straight into ``out`` (no intermediate buffer); ``False`` on a miss.
@@ -168,10 +205,22 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
         Args:
             out: a writable C-contiguous buffer (bytearray, numpy array, CPU torch tensor, ...)
                 whose size in bytes equals the stored page's; ``BufferSizeError`` otherwise.
+                A contiguous CUDA tensor is filled asynchronously: later work on the current
+                stream sees the page (docs/gpu.md).
         """
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
         if type(key) is not BlockKey:
             key = self._key(key)
-        return self._get(key, writable_byte_view(out, "out")) is not None
+        try:
+            got = self._get(key, writable_byte_view(out, "out")) is not None
+        except UnsupportedValueError:
+            if not is_cuda_tensor(out):
+                raise
+            got = self._get_into_device([key], [out])[0]  # device_moves.py
+        if timings is not None:
+            timings.get_into.observe(_timer() - start)
+        return got
 
     def contains(self, key: KeyLike) -> bool:
         """Whether a live (stored, not expired) copy of ``key`` exists; does not count as a read."""
@@ -228,29 +277,55 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
         reserved first, so a batch never evicts its own blocks: if it is larger than what the
         tier can free, its tail is refused (``False``) rather than its head evicted.
         """
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
         keys, values = list(keys), list(values)
         if len(keys) != len(values):
             raise InvalidKeyError(f"batch_put got {len(keys)} keys but {len(values)} values")
         checked = [self._key(k) for k in keys]
         views = [self._value(v) for v in values]
-        return self._put_many(checked, views, self._ttl(ttl_s), pin)
+        stored = self._put_many(checked, views, self._ttl(ttl_s), pin)
+        if timings is not None:
+            timings.batch_put.observe(_timer() - start)
+        return stored
 
     def batch_get(self, keys: Sequence[KeyLike]) -> list[memoryview | None]:
         """``get`` of many blocks, in order, with one lock round trip for the whole batch."""
-        return self._get_many([self._key(k) for k in keys], None)
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
+        got = self._get_many([self._key(k) for k in keys], None)
+        if timings is not None:
+            timings.batch_get.observe(_timer() - start)
+        return got
 
     def batch_get_into(self, keys: Sequence[KeyLike], outs: Sequence[Any]) -> list[bool]:
         """``get_into`` of many blocks: ``outs[i]`` receives the page of ``keys[i]`` (same rules
         as ``get_into``; every size is checked before anything is copied)."""
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
         keys, outs = list(keys), list(outs)
         if len(keys) != len(outs):
             raise InvalidKeyError(f"batch_get_into got {len(keys)} keys but {len(outs)} buffers")
-        views = [writable_byte_view(out, f"outs[{i}]") for i, out in enumerate(outs)]
-        return [got is not None for got in self._get_many([self._key(k) for k in keys], views)]
+        if any(map(is_cuda_tensor, outs)):
+            got = self._get_into_device(keys, outs)  # device_moves.py
+        else:
+            views = [writable_byte_view(out, f"outs[{i}]") for i, out in enumerate(outs)]
+            got = [view is not None for view in self._get_many([self._key(k) for k in keys], views)]
+        if timings is not None:
+            timings.batch_get_into.observe(_timer() - start)
+        return got
 
     def lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
         """How many leading ``keys`` are stored, in one call (no LRU or hit-count side effects).
         Keys not held locally are asked of the remote tier in one round trip."""
+        timings = self._timings
+        start = _timer() if timings is not None else 0.0
+        found = self._lookup_prefix(keys)
+        if timings is not None:
+            timings.lookup_prefix.observe(_timer() - start)
+        return found
+
+    def _lookup_prefix(self, keys: Sequence[KeyLike]) -> int:
         checked = [k if type(k) is BlockKey else self._key(k) for k in keys]
         with self._lock:
             self._check_open()
@@ -311,10 +386,12 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
             c = self._counters
         if self._remote is not None:
             tiers.append(self._remote_stats())
+        latency = {} if self._timings is None else self._timings.snapshot()
         with self._lock:
             return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
                               gets=c.gets, hits=c.hits, misses=dict(c.misses),
-                              native_backend=native.backend, routes=self._engine.stats())
+                              native_backend=native.backend, routes=self._engine.stats(),
+                              latency=latency)
 
     # -- internals ---------------------------------------------------------------------------
     def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
@@ -573,9 +650,14 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries):
             "or encode strings (key.encode())"
         )
 
-    @staticmethod
-    def _value(value: Any) -> memoryview:
-        view = byte_view(value)
+    def _value(self, value: Any) -> memoryview:
+        try:
+            view = byte_view(value)
+        except UnsupportedValueError:
+            device = self._device_value(value)  # a CUDA tensor: device_moves.py
+            if device is None:
+                raise
+            view = device
         if view.nbytes == 0:
             raise UnsupportedValueError("value is empty: a KV page has at least one byte")
         return view

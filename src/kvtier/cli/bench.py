@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import redis
@@ -19,8 +21,12 @@ from ..bench.disk import (DEFAULT_DISK_PAGE_SIZES, DiskBenchResult, DiskBenchSet
 from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
 from ..bench.remote import (DEFAULT_REMOTE_PAGE_SIZES, RemoteBenchResult, RemoteBenchSettings,
                             remote_bench_steps, run_remote_bench)
-from ..config import format_size, parse_size
-from ..errors import ConfigError
+from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchResult, SGLangBenchSettings,
+                            run_sglang_bench, sglang_bench_steps)
+from ..bench.workload import WorkloadSettings, run_workload, workload_steps
+from ..config import format_size, parse_duration, parse_size
+from ..errors import ConfigError, KvtierError
+from .bench_views import plot_micro, plot_workload, print_workload
 
 err = Console(stderr=True)
 
@@ -70,6 +76,47 @@ def bench(
                                       help="Remote trials after one warm-up (median kept)."),
     remote_bytes: str = typer.Option("64MiB", "--remote-bytes",
                                      help="Page bytes written and read per remote trial and side."),
+    sglang: bool = typer.Option(False, "--sglang",
+                                help="Run only the SGLang HiCache L3 benchmark: kvtier's backend beside "
+                                     "SGLang's HiCacheFile, same pages, same directory, same run "
+                                     "(needs torch and SGLang's storage interface)."),
+    sglang_dir: Optional[str] = typer.Option(None, "--sglang-dir",
+                                             help="Directory on the drive to measure (default: a temp dir)."),
+    sglang_sizes: str = typer.Option(",".join(_size_text(s) for s in DEFAULT_SGLANG_PAGE_SIZES),
+                                     "--sglang-sizes", help="SGLang page sizes (K+V, all layers)."),
+    sglang_bytes: str = typer.Option("64MiB", "--sglang-bytes",
+                                     help="Page bytes written and read per SGLang trial and backend."),
+    sglang_trials: int = typer.Option(5, "--sglang-trials", min=1,
+                                      help="SGLang trials after one warm-up (median kept)."),
+    micro: bool = typer.Option(False, "--micro",
+                               help="Per-tier put/get throughput beside each tier's ceiling (host "
+                                    "vs memcpy, disk vs raw O_DIRECT) instead of the workload."),
+    model: str = typer.Option("llama-3-8b", "--model",
+                              help="Workload: model preset (kvtier size); page = its KV bytes per "
+                                   "token × --block-tokens."),
+    prefill_gpu: str = typer.Option("h100", "--prefill-gpu",
+                                    help="Workload: GPU preset whose modelled prefill is the recompute option."),
+    prefill_tps: Optional[float] = typer.Option(None, "--prefill-tps", min=1e-9,
+                                                help="Workload: prefill tokens/s (overrides --prefill-gpu)."),
+    block_tokens: int = typer.Option(256, "--block-tokens", min=1, help="Workload: tokens per page."),
+    page_bytes: Optional[str] = typer.Option(None, "--page-bytes",
+                                             help="Workload: bytes per page (default: from --model)."),
+    sessions: int = typer.Option(24, "--sessions", min=1, help="Workload: chat sessions."),
+    turns: int = typer.Option(4, "--turns", min=1, help="Workload: turns per session."),
+    trace: Optional[str] = typer.Option(None, "--trace",
+                                        help="Workload: replay this trace (e.g. Mooncake jsonl) instead of sessions."),
+    requests: Optional[int] = typer.Option(None, "--requests", min=1,
+                                           help="Workload: replay only the trace's first N requests."),
+    host_capacity: str = typer.Option("1GiB", "--host-capacity", help="Workload: host tier size."),
+    disk_capacity: str = typer.Option("4GiB", "--disk-capacity", help="Workload: disk tier size."),
+    ttl: str = typer.Option("5m", "--ttl", help="Workload: cache window in virtual time ('none': no expiry)."),
+    restore_tokens: str = typer.Option("1024,4096,16384", "--restore-tokens",
+                                       help="Workload: prefix lengths timed restore vs recompute."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE.png",
+                                       help="Write a plot here (workload default: bench.png; '' for none)."),
+    gpu: bool = typer.Option(False, "--gpu",
+                             help="Run only the GPU benchmark: D2H/H2D through the store vs pinned "
+                                  "cudaMemcpyAsync, paged gather/scatter vs device memcpy (needs CUDA)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the JSON here."),
 ) -> None:
@@ -77,15 +124,27 @@ def bench(
     disk write-back/read vs raw O_DIRECT I/O (fio, else a native loop). With --codec, only the
     codec benchmark: compression ratio and speed vs memcpy, disk tier per codec vs O_DIRECT
     (--no-disk skips that part). With --remote URL, only the Redis tier: put_many/get_many MB/s
-    vs a raw redis-py SET/GET loop and redis-benchmark on the same server."""
-    if remote is not None and codec:
-        raise typer.BadParameter("--remote and --codec are separate benchmarks: give one of them")
+    vs a raw redis-py SET/GET loop and redis-benchmark on the same server. With --sglang, only
+    SGLang's HiCache L3: kvtier's backend vs HiCacheFile, durable writes and cold/warm reads."""
+    if gpu:
+        _gpu_bench(trials, as_json, output)
+        return
+    if (remote is not None) + codec + sglang > 1:
+        raise typer.BadParameter("--remote, --codec and --sglang are separate benchmarks: give one of them")
+    if sglang:
+        _sglang_bench(sglang_dir, sglang_sizes, sglang_bytes, sglang_trials, as_json, output)
+        return
     if remote is not None:
         _remote_bench(remote, remote_password, remote_sizes, remote_batch, remote_trials,
                       remote_bytes, as_json, output)
         return
     if codec:
         _codec_bench(disk_dir, codec_bytes, codec_trials, disk, as_json, output)
+        return
+    if not micro:
+        _workload_bench(WorkloadCli(model, prefill_gpu, prefill_tps, block_tokens, page_bytes, sessions, turns,
+                                    trace, requests, host_capacity, disk_capacity, ttl,
+                                    restore_tokens, disk_dir), plot, as_json, output)
         return
     try:
         settings = HostBenchSettings(page_sizes=_sizes(page_sizes), capacity_bytes=parse_size(capacity),
@@ -107,6 +166,22 @@ def bench(
         _print_host_table(result)
         if disk_result is not None:
             _print_disk_table(disk_result)
+    if plot:
+        plot_micro(result, disk_result, plot)
+
+
+def _gpu_bench(trials: int, as_json: bool, output: Optional[str]) -> None:
+    from .. import gpu as kvgpu
+    from ..bench.gpu import GpuBenchSettings, print_gpu_tables, run_gpu_bench
+
+    why = kvgpu.status().reason
+    if why is not None:
+        err.print(f"[red]kvtier bench --gpu needs a usable CUDA device: {why}")
+        raise typer.Exit(2)
+    settings = GpuBenchSettings(trials=trials)
+    result = _with_progress("gpu", len(settings.page_sizes) + 1, run_gpu_bench, settings)
+    if _emit(result.to_json(), as_json, output):
+        print_gpu_tables(result)
 
 
 def _with_progress(label: str, steps: int, run: Callable[..., Any], settings: Any) -> Any:
@@ -125,6 +200,53 @@ def _emit(doc: dict, as_json: bool, output: Optional[str]) -> bool:
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     return not as_json
+
+
+@dataclass(frozen=True)
+class WorkloadCli:
+    """The workload options as given on the command line (parsed by ``settings``)."""
+
+    model: str
+    prefill_gpu: str
+    prefill_tps: Optional[float]
+    block_tokens: int
+    page_bytes: Optional[str]
+    sessions: int
+    turns: int
+    trace: Optional[str]
+    requests: Optional[int]
+    host_capacity: str
+    disk_capacity: str
+    ttl: str
+    restore_tokens: str
+    disk_dir: Optional[str]
+
+    def settings(self) -> WorkloadSettings:
+        try:
+            ttl = None if self.ttl.strip().lower() in ("none", "0", "") else parse_duration(self.ttl)
+            return WorkloadSettings(
+                model=self.model, gpu=self.prefill_gpu, prefill_tokens_per_s=self.prefill_tps,
+                block_tokens=self.block_tokens, sessions=self.sessions, turns=self.turns,
+                page_bytes=None if self.page_bytes is None else parse_size(self.page_bytes),
+                trace=self.trace, requests=self.requests, ttl_s=ttl,
+                host_bytes=parse_size(self.host_capacity), disk_bytes=parse_size(self.disk_capacity),
+                directory=self.disk_dir, restore_tokens=_sizes(self.restore_tokens))
+        except (ValueError, KvtierError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+
+def _workload_bench(cli: WorkloadCli, plot: Optional[str], as_json: bool, output: Optional[str]) -> None:
+    settings = cli.settings()
+    if settings.trace and not os.path.isfile(settings.trace):
+        raise typer.BadParameter(f"--trace {settings.trace}: no such file")
+    result = _with_progress("workload", workload_steps(settings), run_workload, settings)
+    plot = "bench.png" if plot is None else plot
+    if plot:
+        plot_workload(result, plot)
+    if _emit(result.to_json(), as_json, output):
+        print_workload(result, Console())
+        if plot:
+            Console().print(f"plot: {plot}")
 
 
 def _codec_bench(disk_dir: Optional[str], codec_bytes: str, trials: int, disk: bool,
@@ -155,6 +277,22 @@ def _remote_bench(url: str, password: str, sizes: str, batch: int, trials: int, 
         raise typer.Exit(1) from None
     if _emit(result.to_json(), as_json, output):
         _print_remote_table(result)
+
+
+def _sglang_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int,
+                  as_json: bool, output: Optional[str]) -> None:
+    try:
+        settings = SGLangBenchSettings(directory=directory, page_sizes=_sizes(sizes),
+                                       bytes_per_run=parse_size(nbytes), trials=trials)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        result = _with_progress("sglang hicache", sglang_bench_steps(settings), run_sglang_bench, settings)
+    except ImportError as exc:  # no torch, or no SGLang storage interface
+        err.print(f"[red]sglang bench needs torch and SGLang's storage interface: {exc}")
+        raise typer.Exit(1) from None
+    if _emit(result.to_json(), as_json, output):
+        _print_sglang_table(result)
 
 
 def _gbs(value: float) -> str:
@@ -312,3 +450,39 @@ def _print_remote_table(result: RemoteBenchResult) -> None:
     Console().print(table)
     if result.redis_benchmark_note:
         err.print(f"[yellow]{result.redis_benchmark_note}")
+
+
+def _print_sglang_table(result: SGLangBenchResult) -> None:
+    settings = result.settings
+    mode = "O_DIRECT" if result.direct_io else "buffered (O_DIRECT refused here)"
+    table = Table(title=f"SGLang {result.sglang} HiCache L3 · kvtier vs HiCacheFile · kvtier disk "
+                        f"{mode}, io engine {result.io_engine} · {result.directory} · {result.cpu} · "
+                        f"load {result.load[0]:.2f} → {result.load[1]:.2f}",
+                  caption=f"MB/s of page bytes, median of {settings.trials} trials after a warm-up, "
+                          f"{settings.batch} pages per call, both backends on the same pages in the "
+                          f"same directory; kvtier: {result.paths['kvtier']}; HiCacheFile: "
+                          f"{result.paths['hicache_file']}; write = backup calls + os.sync(); cold = "
+                          f"backend rebuilt, posix_fadvise(DONTNEED) on every file of both; warm = "
+                          f"read again (kvtier's O_DIRECT reads go to the drive again); raw (the "
+                          f"ceiling): page-sized O_DIRECT transfers of the same bytes, "
+                          f"{settings.batch} per submission, same directory, same run; torch "
+                          f"threads: {result.torch_threads}")
+    table.add_column("MB/s and ratios")
+    for row in result.results:
+        table.add_column(f"{format_size(row.page_bytes)} ({row.page_tokens} tokens) ×{row.pages}",
+                         justify="right")
+    rows = []
+    for measure, label in (("write", "durable write"), ("cold_read", "cold read"),
+                           ("warm_read", "warm read")):
+        rows += [(f"{label}: kvtier", lambda r, m=measure: _mbs(getattr(r, f"kvtier_{m}"))),
+                 (f"{label}: HiCacheFile", lambda r, m=measure: _mbs(getattr(r, f"file_{m}"))),
+                 (f"{label}: kvtier / HiCacheFile", lambda r, m=measure: f"{r.ratio(m):.2f}×")]
+        if measure != "warm_read":
+            rows += [(f"{label}: raw O_DIRECT", lambda r, m=measure: _mbs(getattr(r, f"raw_{m}"))),
+                     (f"{label}: kvtier / raw", lambda r, m=measure: _pct(r.ratio(m, "raw")))]
+    rows.append(("pages verified byte-exact", lambda r: " / ".join(
+        str(r.verified_pages[name]) for name in ("kvtier", "hicache_file"))))
+    for label, cell in rows:
+        table.add_row(label, *(cell(row) for row in result.results),
+                      end_section=label.endswith(("kvtier / raw", "warm read: kvtier / HiCacheFile")))
+    Console().print(table)

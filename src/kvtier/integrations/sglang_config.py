@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 KVTIER_KEYS = frozenset({  # each with its default and meaning: docs/integrations/sglang.md
     "storage_dir", "disk_capacity", "host_capacity", "write_mode", "fsync", "codec", "promote_on_read",
-    "remote_url", "fingerprint", "tenant_salt", "page_bytes", "staging_bytes", "kvtier",
+    "remote_url", "fingerprint", "tenant_salt", "page_bytes", "staging_bytes", "metrics_port", "kvtier",
 })
 SGLANG_KEYS = frozenset({
     "backend_name", "module_path", "class_name", "interface_v1",  # the dynamic factory's
@@ -72,6 +72,9 @@ class SGLangBackendConfig:
         for key, (section, name) in _SHORTHANDS.items():
             if key in extra:
                 store.setdefault(section, {})[name] = extra[key]
+        if "metrics_port" in extra:
+            store["metrics_port"] = extra["metrics_port"]
+        _rank_metrics(store, storage_config)
         bases = (extra.get("storage_dir") or extra.get("file_storage_path")
                  or store.get("disk", {}).get("paths"))
         if isinstance(bases, str):
@@ -127,6 +130,23 @@ def rank_directory(storage_config: Any) -> str:
     c = storage_config
     return (f"{model}/tp{c.tp_rank}of{c.tp_size}_pp{c.pp_rank}of{c.pp_size}"
             f"_cp{c.attn_cp_rank}of{c.attn_cp_size}_dp{getattr(c, 'dp_rank', 0)}")
+
+
+def _rank_metrics(store: dict[str, Any], storage_config: Any) -> None:
+    """Each rank (process) serves its own exporter: on ``metrics_port`` + its TP/PP rank
+    (``0`` stays "any free port"), with its shard as the ``store`` label."""
+    port = store.get("metrics_port")
+    if port is None or (isinstance(port, str) and port.strip().lower() in ("", "none")):
+        return
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metrics_port must be a port number, got {port!r}") from None
+    c = storage_config
+    if port:
+        port += c.tp_rank + c.tp_size * c.pp_rank
+    store["metrics_port"] = port
+    store.setdefault("metrics_name", "sglang-" + rank_directory(c).rsplit("/", 1)[-1])
 
 
 def _env_table(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""Views of ``kvtier bench`` results: the workload summary tables, and the plots of the
+workload (default mode) and of ``--micro``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ..bench.disk import DiskBenchResult
+from ..bench.host import HostBenchResult
+from ..bench.workload import WorkloadResult
+from ..config import format_size
+
+
+def print_workload(result: WorkloadResult, console: Console) -> None:
+    """The summary: where each request page came from, what it saved, restore vs recompute."""
+    pages = max(result.pages, 1)
+    table = Table(title=f"workload · {result.source} · {result.model}, "
+                        f"{format_size(result.page_bytes)} pages of {result.block_tokens} tokens")
+    table.add_column("request pages", style="bold")
+    table.add_column("pages", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("load time", justify="right")
+    for tier in sorted(result.loaded):
+        seconds = result.restore_s.get(tier, 0.0)
+        table.add_row(f"loaded from {tier}", f"{result.loaded[tier]:,}",
+                      f"{result.loaded[tier] / pages:.1%}", f"{seconds:.2f} s")
+    table.add_row("recomputed", f"{result.recomputed:,}", f"{result.recomputed / pages:.1%}", "")
+    table.add_row("  of them stored, recompute was faster", f"{result.declined:,}",
+                  f"{result.declined / pages:.1%}", "")
+    table.add_row("hit rate: physical (kvtier)", "", f"{result.hit_rate:.1%}", "")
+    table.add_row("hit rate: logical (infinite cache)", "", f"{result.logical_hit_rate:.1%}", "")
+    console.print(table)
+    reasons = ", ".join(f"{name} {count}" for name, count in
+                        sorted(result.stopped_by.items(), key=lambda item: -item[1]))
+    saved = 1 - result.prefill_tokens / result.tokens if result.tokens else 0.0
+    console.print(f"{result.requests:,} requests, {result.tokens:,} input tokens: {saved:.1%} not "
+                  f"prefilled; modelled time to first token {result.modelled_ttft_s:.2f} s vs "
+                  f"{result.baseline_ttft_s:.2f} s recomputing everything "
+                  f"(prefill {result.prefill_tokens_per_s:,.0f} tokens/s)")
+    console.print(f"first page a request could not load: {reasons or 'none'}; "
+                  f"{result.verified_pages:,} loaded pages compared byte for byte")
+    restore = Table(title="time to bring back a cached prefix (median) vs recomputing it")
+    for name in ("tokens", "pages", "host", "disk", "recompute", "host ÷ recompute", "disk ÷ recompute"):
+        restore.add_column(name, justify="right")
+    for point in result.restore:
+        recompute = point["recompute_s"]
+        restore.add_row(f"{point['tokens']:,}", f"{point['pages']:,}", _ms(point["host_s"]),
+                        _ms(point["disk_s"]), _ms(recompute), f"{point['host_s'] / recompute:.2f}×",
+                        f"{point['disk_s'] / recompute:.2f}×")
+    console.print(restore)
+    console.print("host, disk: measured here (disk reads O_DIRECT, so cold); recompute: modelled "
+                  "prefill on the GPU preset; below 1× restoring wins")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_workload(result: WorkloadResult, path: str) -> None:
+    """Two panels: restore vs recompute time by prefix length, and where request pages came from."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    tokens = [p["tokens"] for p in result.restore]
+    for key, label, style in (("host_s", "host DRAM", "o-"), ("disk_s", "NVMe disk (cold)", "s-"),
+                              ("recompute_s", f"recompute ({result.prefill_tokens_per_s:,.0f} tok/s)", "k--")):
+        left.plot(tokens, [p[key] * 1e3 for p in result.restore], style, label=label)
+    left.set(xscale="log", yscale="log", xlabel="prefix tokens", ylabel="ms",
+             title="bring back a cached prefix vs recompute it")
+    left.legend()
+    names = [f"from {tier}" for tier in sorted(result.loaded)] + ["recomputed"]
+    counts = [result.loaded[tier] for tier in sorted(result.loaded)] + [result.recomputed]
+    right.bar(names, counts, color=["tab:blue", "tab:orange", "tab:green"][:len(names) - 1] + ["tab:gray"])
+    right.set(ylabel="request pages", title=f"physical hit rate {result.hit_rate:.0%} "
+                                            f"(logical {result.logical_hit_rate:.0%})")
+    fig.suptitle(f"kvtier bench · {result.model}, {format_size(result.page_bytes)} pages · {result.source}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_micro(host: HostBenchResult, disk: DiskBenchResult | None, path: str) -> None:
+    """Throughput vs page size per tier and operation, each tier's ceiling as a dashed line."""
+    plt = _pyplot()
+    panels = 2 if disk is not None and disk.results else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    sizes = [p.page_bytes for p in host.pages]
+    ax = axes[0][0]
+    for values, label, style in (([p.put for p in host.pages], "put", "o-"),
+                                 ([p.batch_put for p in host.pages], "batch_put ×16", "o:"),
+                                 ([p.get_into for p in host.pages], "get_into", "s-"),
+                                 ([p.put_ceiling for p in host.pages], "memcpy (ceiling)", "k--")):
+        ax.plot(sizes, [v / 1e9 for v in values], style, label=label)
+    ax.set(xscale="log", xlabel="page bytes", ylabel="GB/s", title="host DRAM tier")
+    ax.legend()
+    if panels == 2:
+        ax = axes[0][1]
+        for batch in sorted({r.batch for r in disk.results}):
+            rows = [r for r in disk.results if r.batch == batch]
+            x = [r.page_bytes for r in rows]
+            ax.plot(x, [r.write / 1e9 for r in rows], "o-", label=f"write ×{batch}")
+            ax.plot(x, [r.read / 1e9 for r in rows], "s-", label=f"read ×{batch}")
+            ax.plot(x, [r.read_ceiling / 1e9 for r in rows], "k--", alpha=0.5,
+                    label=f"raw O_DIRECT read ×{batch} ({disk.ceiling_tool})")
+        ax.set(xscale="log", xlabel="page bytes", ylabel="GB/s", title="NVMe disk tier")
+        ax.legend(fontsize=7)
+    fig.suptitle("kvtier bench --micro: each tier beside its ceiling, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
