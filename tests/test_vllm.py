@@ -126,6 +126,21 @@ def test_extra_config_maps_onto_store_config(tmp_path):
     assert config.page_tokens_for(128) == 256 and config.prefill_tokens_per_s == 0
 
 
+def test_metrics_port_is_offset_by_rank_and_names_the_store(tmp_path):
+    config = VLLMConnectorConfig.from_extra_config({"storage_dir": str(tmp_path), "metrics_port": 9400},
+                                                   environ={})
+    rank3 = config.store_config(1 << 20, ("m", "tp1of2_pp1"), rank=3)
+    assert rank3.metrics_port == 9403 and rank3.metrics_name == "vllm-m-tp1of2_pp1"
+    assert config.store_config(1 << 20, ("m", "tp0of1_pp0")).metrics_port == 9400
+    any_port = VLLMConnectorConfig.from_extra_config({"storage_dir": str(tmp_path), "metrics_port": 0},
+                                                     environ={})
+    assert any_port.store_config(1 << 20, ("m",), rank=5).metrics_port == 0
+    assert VLLMConnectorConfig.from_extra_config({"storage_dir": str(tmp_path)}, environ={}
+                                                 ).store_config(1 << 20, ()).metrics_port is None
+    with pytest.raises(ConfigError, match="metrics_port"):
+        VLLMConnectorConfig.from_extra_config({"storage_dir": str(tmp_path), "metrics_port": "x"}, environ={})
+
+
 def test_unknown_keys_and_bad_values_are_refused_with_the_known_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown kv_connector_extra_config key\(s\) \['storage_dri'\].*storage_dir"):
         VLLMConnectorConfig.from_extra_config({"storage_dri": str(tmp_path)}, environ={})

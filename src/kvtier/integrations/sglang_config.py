@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import DiskTierConfig, HostTierConfig, RemoteTierConfig, StoreConfig, env_name, parse_size
+from ..config import HostTierConfig, StoreConfig, parse_size
 from ..errors import ConfigError
+from .common import STORE_SHORTHANDS, deep_merge, env_table
 
 KVTIER_KEYS = frozenset({  # each with its default and meaning: docs/integrations/sglang.md
     "storage_dir", "disk_capacity", "host_capacity", "write_mode", "fsync", "codec", "promote_on_read",
@@ -22,10 +23,6 @@ SGLANG_KEYS = frozenset({
     "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
     "hicache_storage_pass_prefix_keys", "tp_lcm_size",  # SGLang's own knobs, normally popped
 })
-_SHORTHANDS = {"host_capacity": ("host", "capacity_bytes"), "disk_capacity": ("disk", "capacity_bytes"),
-               "write_mode": ("disk", "write_mode"), "fsync": ("disk", "fsync"),
-               "codec": ("disk", "codec"), "promote_on_read": ("disk", "promote_on_read"),
-               "remote_url": ("remote", "url")}
 _BACKEND_DEFAULTS = {"disk": {"write_mode": "write_through", "promote_on_read": False}}
 _DEFAULT_STAGING = 64 << 20
 
@@ -62,14 +59,14 @@ class SGLangBackendConfig:
                 f"kvtier's SGLang backend got unknown extra_config key(s) {unknown}; kvtier keys: "
                 f"{sorted(KVTIER_KEYS)}; SGLang keys it accepts: {sorted(SGLANG_KEYS)} "
                 "(docs/integrations/sglang.md)")
-        store: dict[str, Any] = _deep_merge({}, _BACKEND_DEFAULTS)
-        _deep_merge(store, _env_table(os.environ if environ is None else environ))
+        store: dict[str, Any] = deep_merge({}, _BACKEND_DEFAULTS)
+        deep_merge(store, env_table(os.environ if environ is None else environ))
         nested = extra.get("kvtier", {})
         if not isinstance(nested, Mapping):
             raise ConfigError(f"extra_config['kvtier'] must be a table of StoreConfig settings, "
                               f"got {nested!r}")
-        _deep_merge(store, nested)
-        for key, (section, name) in _SHORTHANDS.items():
+        deep_merge(store, nested)
+        for key, (section, name) in STORE_SHORTHANDS.items():
             if key in extra:
                 store.setdefault(section, {})[name] = extra[key]
         if "metrics_port" in extra:
@@ -114,7 +111,7 @@ class SGLangBackendConfig:
 
     def store_config(self, slot_bytes: int) -> StoreConfig:
         """The ``StoreConfig`` of this rank's store, for blocks of at most ``slot_bytes``."""
-        table = _deep_merge({}, self.store)
+        table = deep_merge({}, self.store)
         host = table.setdefault("host", {})
         host["slot_bytes"] = slot_bytes
         capacity = parse_size(host.get("capacity_bytes", HostTierConfig().capacity_bytes))
@@ -147,30 +144,3 @@ def _rank_metrics(store: dict[str, Any], storage_config: Any) -> None:
         port += c.tp_rank + c.tp_size * c.pp_rank
     store["metrics_port"] = port
     store.setdefault("metrics_name", "sglang-" + rank_directory(c).rsplit("/", 1)[-1])
-
-
-def _env_table(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The ``KVTIER_*`` settings (as ``StoreConfig.from_env`` reads them) as a nested table."""
-    table: dict[str, Any] = {}
-    known = {"KVTIER_NATIVE", "KVTIER_IO_ENGINE"}  # read by kvtier.native, not config fields
-    sections = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
-    names = [(None, f.name) for f in dataclasses.fields(StoreConfig) if f.name not in sections]
-    names += [(section, f.name) for section, cls in sections.items() for f in dataclasses.fields(cls)]
-    for section, name in names:
-        var = env_name(name, section)
-        known.add(var)
-        if var in environ:
-            (table.setdefault(section, {}) if section else table)[name] = environ[var]
-    unknown = sorted(k for k in environ if k.startswith("KVTIER_") and k not in known)
-    if unknown:
-        raise ConfigError(f"unknown environment variables {unknown}; known: {sorted(known)}")
-    return table
-
-
-def _deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in other.items():
-        if isinstance(value, Mapping):
-            _deep_merge(into.setdefault(key, {}), value)
-        else:
-            into[key] = list(value) if isinstance(value, (list, tuple)) else value
-    return into

@@ -14,17 +14,13 @@ from typing import Any, Mapping
 
 from ..config import HostTierConfig, StoreConfig, parse_size
 from ..errors import ConfigError
-from .sglang_config import _deep_merge, _env_table  # engine-free helpers shared by the integrations
+from .common import STORE_SHORTHANDS, deep_merge, env_table
 
 KVTIER_KEYS = frozenset({
     "storage_dir", "disk_capacity", "host_capacity", "write_mode", "fsync", "codec",
     "promote_on_read", "remote_url", "fingerprint", "page_tokens", "prefill_tokens_per_s",
-    "recompute_on_load_failure", "lookup_timeout_s", "kvtier",
+    "recompute_on_load_failure", "lookup_timeout_s", "metrics_port", "kvtier",
 })
-_SHORTHANDS = {"host_capacity": ("host", "capacity_bytes"), "disk_capacity": ("disk", "capacity_bytes"),
-               "write_mode": ("disk", "write_mode"), "fsync": ("disk", "fsync"),
-               "codec": ("disk", "codec"), "promote_on_read": ("disk", "promote_on_read"),
-               "remote_url": ("remote", "url")}
 # Pages reach disk as they are saved (on the connector's own thread), so a killed server keeps them.
 _CONNECTOR_DEFAULTS = {"disk": {"write_mode": "write_through"}}
 _DEFAULT_PAGE_TOKENS = 256
@@ -66,16 +62,18 @@ class VLLMConnectorConfig:
             raise ConfigError(
                 f"kvtier's vLLM connector got unknown kv_connector_extra_config key(s) {unknown}; "
                 f"known keys: {sorted(KVTIER_KEYS)} (docs/integrations/vllm.md)")
-        store: dict[str, Any] = _deep_merge({}, _CONNECTOR_DEFAULTS)
-        _deep_merge(store, _env_table(os.environ if environ is None else environ))
+        store: dict[str, Any] = deep_merge({}, _CONNECTOR_DEFAULTS)
+        deep_merge(store, env_table(os.environ if environ is None else environ))
         nested = extra.get("kvtier", {})
         if not isinstance(nested, Mapping):
             raise ConfigError(f"kv_connector_extra_config['kvtier'] must be a table of StoreConfig "
                               f"settings, got {nested!r}")
-        _deep_merge(store, nested)
-        for key, (section, name) in _SHORTHANDS.items():
+        deep_merge(store, nested)
+        for key, (section, name) in STORE_SHORTHANDS.items():
             if key in extra:
                 store.setdefault(section, {})[name] = extra[key]
+        if "metrics_port" in extra:
+            store["metrics_port"] = extra["metrics_port"]
         bases = extra.get("storage_dir") or store.get("disk", {}).get("paths")
         if isinstance(bases, str):
             bases = [p for p in bases.split(",") if p.strip()]
@@ -117,10 +115,20 @@ class VLLMConnectorConfig:
                               f"size ({block_size}); e.g. {block_size * max(1, self.page_tokens // block_size)}")
         return self.page_tokens
 
-    def store_config(self, page_bytes: int, subdirs: tuple[str, ...], label: str = "") -> StoreConfig:
+    def store_config(self, page_bytes: int, subdirs: tuple[str, ...], label: str = "", *,
+                     rank: int = 0) -> StoreConfig:
         """The ``StoreConfig`` of one worker's store, for pages of ``page_bytes``; its disk
-        directories are ``storage_dirs`` joined with ``subdirs`` (model, rank)."""
-        table = _deep_merge({}, self.store)
+        directories are ``storage_dirs`` joined with ``subdirs`` (model, rank). Each rank serves
+        its metrics on ``metrics_port + rank`` (0 stays "any free port"), named after ``subdirs``."""
+        table = deep_merge({}, self.store)
+        port = table.get("metrics_port")
+        if port is not None and not (isinstance(port, str) and port.strip().lower() in ("", "none")):
+            try:
+                port = int(port)
+            except (TypeError, ValueError):
+                raise ConfigError(f"metrics_port must be a port number, got {port!r}") from None
+            table["metrics_port"] = port + rank if port else 0
+            table.setdefault("metrics_name", "-".join(("vllm",) + subdirs) if subdirs else "vllm")
         host = table.setdefault("host", {})
         host["slot_bytes"] = page_bytes
         capacity = parse_size(host.get("capacity_bytes", HostTierConfig().capacity_bytes))

@@ -53,7 +53,8 @@ class WorkerSide(Side):
         self.paged = PagedKV(kv_caches, self.num_blocks, bpp)
         base = self._namespace(None)
         subdirs = (safe_name(self.c.model_id), f"tp{self.tp_rank}of{self.tp_size}_pp{self.pp_rank}")
-        config = self.c.config.store_config(self.paged.page_bytes, subdirs, label=base.digest.hex())
+        config = self.c.config.store_config(self.paged.page_bytes, subdirs, label=base.digest.hex(),
+                                            rank=self.tp_rank + self.tp_size * self.pp_rank)
         self.store = TieredStore(config)
         self._putter = ThreadPoolExecutor(1, thread_name_prefix="kvtier-vllm-save")
         logger.info("kvtier connector: pages of %d tokens (%d blocks, %d layers, %.1f KiB), disk %s",

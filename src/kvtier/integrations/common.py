@@ -1,0 +1,45 @@
+"""Engine-free helpers the integrations share: the extra-config shorthands and how an
+engine's config, ``KVTIER_*`` environment variables and defaults merge into one
+``StoreConfig.from_dict`` table."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from ..config import DiskTierConfig, HostTierConfig, RemoteTierConfig, StoreConfig, env_name
+from ..errors import ConfigError
+
+# Extra-config keys that set one StoreConfig field: key -> (section, field).
+STORE_SHORTHANDS = {"host_capacity": ("host", "capacity_bytes"), "disk_capacity": ("disk", "capacity_bytes"),
+                    "write_mode": ("disk", "write_mode"), "fsync": ("disk", "fsync"),
+                    "codec": ("disk", "codec"), "promote_on_read": ("disk", "promote_on_read"),
+                    "remote_url": ("remote", "url")}
+
+
+def env_table(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``KVTIER_*`` settings (as ``StoreConfig.from_env`` reads them) as a nested table."""
+    table: dict[str, Any] = {}
+    known = {"KVTIER_NATIVE", "KVTIER_IO_ENGINE"}  # read by kvtier.native, not config fields
+    sections = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
+    names = [(None, f.name) for f in dataclasses.fields(StoreConfig) if f.name not in sections]
+    names += [(section, f.name) for section, cls in sections.items() for f in dataclasses.fields(cls)]
+    for section, name in names:
+        var = env_name(name, section)
+        known.add(var)
+        if var in environ:
+            (table.setdefault(section, {}) if section else table)[name] = environ[var]
+    unknown = sorted(k for k in environ if k.startswith("KVTIER_") and k not in known)
+    if unknown:
+        raise ConfigError(f"unknown environment variables {unknown}; known: {sorted(known)}")
+    return table
+
+
+def deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """``other``'s settings merged into ``into`` (nested tables merged, not replaced); ``into``."""
+    for key, value in other.items():
+        if isinstance(value, Mapping):
+            deep_merge(into.setdefault(key, {}), value)
+        else:
+            into[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return into
