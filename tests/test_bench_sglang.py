@@ -19,12 +19,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"SGLang's storage interface cannot be imported ({exc}); scripts/test.sh installs "
                 "it with pip install --no-deps sglang==0.5.23", allow_module_level=True)
 
-from kvtier.bench import sglang as bench  # noqa: E402
-from kvtier.cli import app  # noqa: E402
+from kvtier.bench import sglang as bench
+from kvtier.cli import app
 
 cli_bench = importlib.import_module("kvtier.cli.bench")  # the module (kvtier.cli.bench is the command)
 
-TINY = dict(page_sizes=(256 << 10,), bytes_per_run=1 << 20, trials=1, host_capacity=4 << 20)
+TINY = {"page_sizes": (256 << 10,), "bytes_per_run": 1 << 20, "trials": 1, "host_capacity": 4 << 20}
 TINY_CLI = ["bench", "--sglang", "--sglang-sizes", "256KiB,512KiB", "--sglang-bytes", "1MiB",
             "--sglang-trials", "2"]
 
@@ -84,7 +84,7 @@ def test_a_wrong_byte_fails_the_run(tmp_path, monkeypatch):
 
     def corrupting_read(self, backend, keys):
         real_read(self, backend, keys)
-        flat = self.target.kv_buffer.view(-1).view(torch.uint8)
+        flat = self.target[1, -1].view(-1).view(torch.uint8)  # V of the last token read
         flat[7] = flat[7] ^ 1
 
     monkeypatch.setattr(bench._PageSizeBench, "_file_read", corrupting_read)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import subprocess
@@ -115,6 +116,18 @@ def test_flush_writes_host_only_pages_once(tmp_path, open_store):
     assert store.flush() == 3
     assert store.flush() == 0
     assert store.stats().tier("disk").entries == 3
+
+
+def test_flush_ends_when_the_disk_is_smaller_than_the_host_tier(tmp_path, open_store):
+    """Writing page i evicts an earlier page from the full disk, which is then host-only again:
+    flush (and close, which flushes) must still end, writing each page once."""
+    store = open_store(config(tmp_path, host_slots=16, disk_slots=4, write_mode="write_through"))
+    pages = fill(store, 8)
+    done = concurrent.futures.ThreadPoolExecutor(1).submit(store.flush)
+    assert done.result(timeout=30) <= 8
+    assert store.stats().tier("disk").entries == 4
+    assert_all_back(store, pages)  # the host tier still has every page
+    store.close()
 
 
 def test_flush_skips_pages_whose_window_has_closed(tmp_path, open_store, clock):

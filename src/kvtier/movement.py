@@ -43,22 +43,26 @@ class TierMoves:
     def flush(self, *, batch_pages: int = 64) -> int:
         """Write every page that is only in the host tier to disk (a checkpoint: a restart then
         serves them), ``batch_pages`` per I/O batch; returns how many pages were written.
-        ``0`` without a disk tier."""
+        ``0`` without a disk tier. Each page is written at most once per call: when the disk
+        tier is smaller than what the host tier holds, it keeps what its policy keeps."""
         if isinstance(batch_pages, bool) or not isinstance(batch_pages, int) or batch_pages < 1:
             raise InvalidArgumentError(f"batch_pages must be an int >= 1, got {batch_pages!r}")
         self._drain_remote()
         if self._disk is None:
             return 0
         written = 0
-        while True:
+        tried: set[BlockKey] = set()  # each page once: a disk smaller than the host tier evicts
+        while True:                   # pages written earlier in this flush, which must not loop
             with self._lock:
                 self._check_open()
                 self._first_index.reclaim_expired(self._clock())  # no use writing those
                 on_disk = self._disk_index.entries
-                held = [e for e in self._first_index.entries.values() if e.key not in on_disk]
+                held = [e for e in self._first_index.entries.values()
+                        if e.key not in on_disk and e.key not in tried]
                 held = held[:batch_pages]
                 for entry in held:
                     entry.readers += 1
+                    tried.add(entry.key)
             if not held:
                 return written
             stored = self._copy_down(held, demote=False)

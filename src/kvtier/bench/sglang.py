@@ -15,13 +15,16 @@ Pages are shaped like Llama-3-8B's KV (32 layers, 8 KV heads, head dim 128, bflo
 per token for K and V of every layer), in SGLang's ``page_first`` host layout, so a 256 KiB
 page is 2 tokens and a 2 MiB page 16. Calls carry SGLang's ``STORAGE_BATCH_SIZE`` (128) pages.
 
-Per trial, for each backend in turn (the order alternates between trials):
+Per trial, for each backend in turn (and the raw ceiling; each goes first in turn):
 
-* **durable write**: the backup calls, then ``os.sync()``, timed together;
-* **cold read**: the backend is rebuilt on its directory (a restart: nothing in process
-  memory), every file under both backends' directories gets ``posix_fadvise(DONTNEED)``
-  (no page in the page cache; the kernel's inode and directory caches stay warm, which
-  spares HiCacheFile's ``open`` a lookup), then the prefetch calls are timed;
+* **durable write**: the backup calls, then ``os.sync()``, timed together, on the backend
+  that read in the previous trial (as in a running server);
+* **cold read**: the backend is restarted (rebuilt on its directory: nothing of the pages in
+  process memory, kvtier's DRAM tier included) and reads one spare page (untimed, not among
+  the measured ones, so its I/O threads run again as in a running server); then every file
+  under both backends' directories gets ``posix_fadvise(DONTNEED)`` (no page in the page
+  cache; the kernel's inode and directory caches stay warm, which spares HiCacheFile's
+  ``open`` a lookup) and the prefetch calls are timed;
 * **warm read**: the same prefetch again, nothing dropped. kvtier's disk tier reads with
   ``O_DIRECT`` (``direct_io`` in the result), so its warm read goes to the drive again;
   HiCacheFile's is served from the page cache.
@@ -30,11 +33,11 @@ The ceiling, in the same run and directory: the same bytes as raw page-sized ``O
 transfers, ``batch`` per submission on kvtier's I/O engine (``native.raw_io_bench``), writes
 followed by ``os.sync()`` (``raw_*``).
 
-Every read lands in a zeroed second pool that is then compared with the written one, byte for
-byte (``verified_pages``). Trial 0 is a warm-up and is discarded; the median of the rest is
-kept. Each backend's directory holds one trial's pages when a trial starts: kvtier's disk tier
-is sized to one trial, so each trial's backups evict the previous trial's pages and overwrite
-their slots (its steady state, timed); HiCacheFile, unbounded at its defaults, is cleared
+Backups read the first half of the host pool, prefetches land in its zeroed second half,
+which is then compared with the first, byte for byte (``verified_pages``). Trial 0 is a
+warm-up and is discarded; the median of the rest is kept. Each backend's directory holds one trial's pages when a trial starts: kvtier's disk tier
+is sized to one trial (and the spare page), so each trial's backups evict the previous trial's
+pages and overwrite their slots (its steady state, timed); HiCacheFile, unbounded at its defaults, is cleared
 (untimed) before each trial. kvtier runs with the backend's defaults (``write_through``,
 ``fsync="batch"``, 1 GiB host tier) except ``codec`` (``"none"`` by default here: HiCacheFile
 stores pages as they are). torch runs on one intra-op thread, as in an SGLang GPU server
@@ -49,10 +52,11 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import native
 from ..config import GiB, MiB
@@ -252,7 +256,12 @@ def drop_page_cache(*paths: Path) -> int:
 
 
 class _PageSizeBench:
-    """Both backends, their directories and the two host pools for one page size."""
+    """Both backends, their directories and the host pool for one page size.
+
+    One pool of ``2 * count`` pages, as SGLang registers one pool per backend: backups read
+    pages ``[0, count)`` (the source), prefetches write pages ``[count, 2 * count)`` (the
+    target), and the two halves are compared after every read.
+    """
 
     def __init__(self, settings: SGLangBenchSettings, root: Path, page_bytes: int) -> None:
         import torch
@@ -263,13 +272,14 @@ class _PageSizeBench:
         self.tokens = page_bytes // settings.token_bytes
         self.page_bytes = page_bytes
         self.count = max(1, settings.bytes_per_run // page_bytes)
-        pool_cls = _sglang_import.host_pool_class("mha")
-        geometry = dict(page_size=self.tokens, pages=self.count, layers=settings.layers,
-                        heads=settings.kv_heads, head_dim=settings.head_dim,
-                        dtype=getattr(torch, settings.dtype))
-        self.source = pool_cls("page_first", seed=page_bytes, **geometry)  # what is written
-        self.target = pool_cls("page_first", seed=1, **geometry)           # where reads land
-        self.indices = torch.arange(self.count * self.tokens, dtype=torch.int64)
+        self.pool = _sglang_import.host_pool_class("mha")(
+            "page_first", page_size=self.tokens, pages=2 * self.count, layers=settings.layers,
+            heads=settings.kv_heads, head_dim=settings.head_dim,
+            dtype=getattr(torch, settings.dtype), seed=page_bytes)
+        n = self.count * self.tokens  # page_first kv_buffer: (K/V, token, layer, head, dim)
+        self.source, self.target = self.pool.kv_buffer[:, :n], self.pool.kv_buffer[:, n:]
+        self.source_indices = torch.arange(n, dtype=torch.int64)
+        self.target_indices = torch.arange(n, 2 * n, dtype=torch.int64)
         self.dirs = {"kvtier": root / "kvtier", "hicache_file": root / "hicache-file",
                      "raw": root / "raw.dat"}
         for path in self.dirs.values():
@@ -288,14 +298,14 @@ class _PageSizeBench:
         verified = dict.fromkeys(BACKENDS, 0)
         sides = (*BACKENDS, "raw")
         for trial in range(s.trials + 1):  # trial 0: the warm-up, discarded
-            keys = _page_hashes(self.page_bytes, trial, self.count)
+            keys = _page_hashes(self.page_bytes, trial, self.count + 1)  # + the warm-up page
             for name in sides[trial % 3:] + sides[:trial % 3]:  # each goes first in turn
                 if name == "raw":
                     write_s, read_s = self._raw_trial()
                     runs["raw_write"].append(nbytes / write_s)
                     runs["raw_cold_read"].append(nbytes / read_s)
                     continue
-                seconds, checked = self._trial(name, keys)
+                seconds, checked = self._trial(name, keys[:-1], keys[-1])
                 verified[name] += checked
                 side = "kvtier" if name == "kvtier" else "file"
                 for measure, value in zip(MEASURES, seconds):
@@ -307,9 +317,14 @@ class _PageSizeBench:
                            verified_pages=verified, trials=kept)
         return row, self.direct_io
 
-    def _trial(self, name: str, keys: list[str]) -> tuple[tuple[float, float, float], int]:
-        """(durable write, cold read, warm read) seconds of one backend, and pages verified."""
-        backend = self._open(name, self.source)
+    def _trial(self, name: str, keys: list[str], spare: str) -> tuple[tuple[float, float, float], int]:
+        """(durable write, cold read, warm read) seconds of one backend, and pages verified.
+
+        The backend is the one the previous trial read with (as in a running server); it is
+        restarted before the reads, so that no process memory holds the pages, and reads one
+        page written for that (``spare``, not timed) to start its I/O threads again, as a
+        running server has them."""
+        backend = self.backends.get(name) or self._open(name)
         if name == "hicache_file":
             backend.clear()  # unbounded at its defaults: keep one trial's pages, like kvtier's tier
         write, read = (self._kvtier_write, self._kvtier_read) if name == "kvtier" else \
@@ -318,11 +333,14 @@ class _PageSizeBench:
         write(backend, keys)
         os.sync()
         write_s = time.perf_counter() - start
-        backend = self._open(name, self.target)  # a restart: nothing of these pages in memory
+        write(backend, [spare])
+        backend = self._open(name)  # the restart
+        read(backend, [spare])
+        os.sync()
         drop_page_cache(*self.dirs.values())
         seconds = [write_s]
         for _ in ("cold", "warm"):
-            self.target.kv_buffer.zero_()
+            self.target.zero_()
             start = time.perf_counter()
             read(backend, keys)
             seconds.append(time.perf_counter() - start)
@@ -343,36 +361,36 @@ class _PageSizeBench:
         return write_s, native.raw_io_bench(path, self.page_bytes, depth, self.count, False)
 
     def _verify(self, name: str) -> None:
-        if not self.torch.equal(self.target.kv_buffer, self.source.kv_buffer):
+        if not self.torch.equal(self.target, self.source):
             raise RuntimeError(f"sglang bench: {name} read back other bytes than were written")
 
     # -- the controller's calls -------------------------------------------------------------
-    def _batches(self, keys: list[str]):
+    def _batches(self, keys: list[str], indices: Any):
         step, tokens = self.s.batch, self.tokens
         for at in range(0, len(keys), step):
             part = keys[at:at + step]
-            yield part, self.indices[at * tokens:(at + len(part)) * tokens]
+            yield part, indices[at * tokens:(at + len(part)) * tokens]
 
     def _kvtier_write(self, backend: Any, keys: list[str]) -> None:
-        for part, host_indices in self._batches(keys):  # _page_set_zero_copy
+        for part, host_indices in self._batches(keys, self.source_indices):  # _page_set_zero_copy
             if not all(backend.batch_set_v1(part, host_indices)):
                 raise RuntimeError("sglang bench: kvtier refused a backup (is the disk full?)")
 
     def _kvtier_read(self, backend: Any, keys: list[str]) -> None:
-        for part, host_indices in self._batches(keys):  # _page_get_zero_copy
+        for part, host_indices in self._batches(keys, self.target_indices):  # _page_get_zero_copy
             if not all(backend.batch_get_v1(part, host_indices)):
                 raise RuntimeError("sglang bench: kvtier missed pages it had just backed up")
 
     def _file_write(self, backend: Any, keys: list[str]) -> None:
-        pool, tokens = self.source, self.tokens
-        for part, host_indices in self._batches(keys):  # _generic_page_set
+        pool, tokens = self.pool, self.tokens
+        for part, host_indices in self._batches(keys, self.source_indices):  # _generic_page_set
             data = [pool.get_data_page(host_indices[i * tokens]) for i in range(len(part))]
             if not backend.batch_set(part, data):
                 raise RuntimeError("sglang bench: HiCacheFile refused a backup (is the disk full?)")
 
     def _file_read(self, backend: Any, keys: list[str]) -> None:
-        pool, tokens = self.target, self.tokens
-        for part, host_indices in self._batches(keys):  # _generic_page_get
+        pool, tokens = self.pool, self.tokens
+        for part, host_indices in self._batches(keys, self.target_indices):  # _generic_page_get
             dummy = [pool.get_dummy_flat_data_page() for _ in part]
             pages = backend.batch_get(part, dummy)
             for i, page in enumerate(pages):
@@ -387,20 +405,22 @@ class _PageSizeBench:
             is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=True,
             model_name="kvtier-bench/llama-3-8b-shape", extra_config=extra)
 
-    def _open(self, name: str, pool: Any) -> Any:
-        """A new backend on ``name``'s directory for ``pool``, built as SGLang builds it (the
-        previous one closed)."""
+    def _open(self, name: str) -> Any:
+        """A new backend on ``name``'s directory, built as SGLang builds it (the previous one
+        closed). kvtier's disk tier holds one trial's pages and the spare one: a backend writes
+        no more than that between two restarts, so its host tier never holds more distinct
+        pages than its disk tier can take back at close."""
         self._close(name)
         if name == "kvtier":
             extra = {**_KVTIER, "storage_dir": str(self.dirs[name]), "codec": self.s.codec,
-                     "disk_capacity": self.count * self.page_bytes,
+                     "disk_capacity": (self.count + 1) * self.page_bytes,
                      "host_capacity": self.s.host_capacity}
-            backend = self._factory.create_backend("dynamic", self._config(extra), pool)
-            backend.register_mem_pool_host(pool)
+            backend = self._factory.create_backend("dynamic", self._config(extra), self.pool)
+            backend.register_mem_pool_host(self.pool)
             backend.on_host_pools_registered()
         else:
             backend = self._file_cls(self._config({"file_storage_path": str(self.dirs[name])}))
-            backend.register_mem_pool_host(pool)
+            backend.register_mem_pool_host(self.pool)
         self.backends[name] = backend
         return backend
 
