@@ -139,7 +139,9 @@ def test_corrupt_or_foreign_values_are_misses_never_wrong_bytes(redis_url, store
             value = bytearray(b"not a kvtier page")
         client.set(name, bytes(value))
     reader = stores(remote_config(redis_url))
-    assert reader.get(keys[0]) is None
+    out = bytearray(b"\xee" * SLOT)
+    assert not reader.get_into(keys[0], out)
+    assert out == b"\xee" * SLOT  # nothing of a bad value reaches the caller's buffer
     assert reader.stats().misses == {"corrupt": 1}
     assert reader.miss_reason(keys[0]) == MissReason.CORRUPT
     with redis_server_client(redis_url) as client:
@@ -159,6 +161,27 @@ def test_ttl_window_is_redis_expiry(redis_url, stores):
     assert store.stats().misses == {"expired": 1}  # this process knows it wrote a 0.4 s window
     fresh = stores(remote_config(redis_url))
     assert fresh.get(keys[2]) is None and fresh.stats().misses == {"never_stored": 1}
+
+
+def test_a_promoted_copy_expires_with_the_redis_copy_and_unwindowed_reads_take_one_round_trip(
+        redis_url, stores):
+    windowed, plain = NS.key_for_bytes(b"windowed"), NS.key_for_bytes(b"plain")
+    writer = stores(remote_config(redis_url))
+    writer.put(windowed, page(7, SLOT), ttl_s=60)
+    writer.put(plain, page(8, SLOT))
+    with redis_server_client(redis_url) as client:
+        client.pexpire(b"kvtier:" + windowed.hex().encode(), 400)  # as if 59.6 s had passed
+    reader = stores(remote_config(redis_url))
+    remote = reader._remote
+    before = remote.round_trips
+    assert bytes(reader.get(plain)) == page(8, SLOT)
+    assert remote.round_trips == before + 1  # GET only: no window, no PTTL
+    assert bytes(reader.get(windowed)) == page(7, SLOT)
+    assert remote.round_trips == before + 3  # GET, then PTTL of the windowed page
+    assert reader.stats().tier("host").entries == 2  # both promoted
+    time.sleep(0.6)
+    assert reader.get(windowed) is None  # the host copy lived only as long as Redis's (0.4 s), not 60 s
+    assert bytes(reader.get(plain)) == page(8, SLOT)
 
 
 def test_read_refresh_extends_the_redis_window_and_remote_ttl_overrides(redis_url, stores):

@@ -4,7 +4,8 @@ Per page size, same run, same server, same batch size, in MB/s of raw page bytes
 
 * **kvtier**: ``RemoteTier.put_many`` (``codec="none"``, ``write_mode="sync"``: header and
   checksum, the page itself sent after the header, one pipelined round trip of SETs) and ``get_many`` into preallocated caller
-  buffers (one round trip of GET + PTTL per key, header and checksum checks, copy out);
+  buffers (one round trip of GETs, header and checksum checks, copy out; pages stored with a
+  window, none here, would add one round trip of PTTLs);
 * **ceiling** (``raw``): a plain ``redis.Redis`` configured as the tier's client (socket
   options, packer, socket read size), pipelined (``transaction=False``) SET / GET of the same
   prebuilt ``bytes`` in batches of the same size: same library, same client settings, same

@@ -316,39 +316,55 @@ class RemoteTier:
     # -- reads -------------------------------------------------------------------------------
     def get_many(self, keys: Sequence[BlockKey], outs: Sequence[memoryview | None] | None = None
                  ) -> list[RemoteRead]:
-        """GET (and PTTL) every key in one pipelined round trip, verify, and decode into
-        ``outs[i]`` when given (a page of another size is ``WRONG_SIZE``, not copied) or into a
-        fresh buffer."""
+        """GET every key in one pipelined round trip, verify, and decode into ``outs[i]`` when
+        given (a page of another size is ``WRONG_SIZE``, not copied) or into a fresh buffer.
+        Pages stored with a window get their time left (``PTTL``) in a second round trip, so
+        pages without one cost a single round trip; a page whose ``PTTL`` cannot be read gets
+        ``ttl_left_s=0`` (a local copy of it expires at once)."""
         if not keys:
             return []
+        names = [self.redis_key(key) for key in keys]
 
         def commands(pipe: Any) -> None:
-            for key in keys:
-                name = self.redis_key(key)
+            for name in names:
                 pipe.get(name)
-                pipe.pttl(name)
         start = time.perf_counter()
         replies = self._pipeline(commands)
         if replies is UNAVAILABLE:
             return [RemoteRead(UNAVAILABLE) for _ in keys]
-        fetched = sum(len(r) for r in replies[0::2] if isinstance(r, bytes))
+        fetched = sum(len(r) for r in replies if isinstance(r, bytes))
         self.codec.observe_io(False, fetched, time.perf_counter() - start)
         reads = []
-        for i, key in enumerate(keys):
-            value, ttl_ms = replies[2 * i], replies[2 * i + 1]
+        for i, (key, value) in enumerate(zip(keys, replies)):
             if isinstance(value, Exception):
                 reads.append(RemoteRead(UNAVAILABLE))
             elif value is None:
                 reads.append(RemoteRead(ABSENT))
             else:
                 out = None if outs is None else outs[i]
-                reads.append(self._decode(key, memoryview(value), out, ttl_ms))
+                reads.append(self._decode(key, memoryview(value), out))
         bad = [key for key, r in zip(keys, reads) if r.status == CORRUPT]
         if bad:  # fail closed, and do not make the next reader pay for the same bad value
             self.delete(bad)
+        self._time_left([(names[i], read) for i, read in enumerate(reads)
+                         if read.status == HIT and read.window_s is not None])
         return reads
 
-    def _decode(self, key: BlockKey, value: memoryview, out: memoryview | None, ttl_ms: Any) -> RemoteRead:
+    def _time_left(self, windowed: list[tuple[bytes, RemoteRead]]) -> None:
+        """Set ``ttl_left_s`` of windowed hits from Redis's ``PTTL`` (0 where it cannot)."""
+        if not windowed:
+            return
+        replies = self._pipeline(lambda pipe: [pipe.pttl(name) for name, _ in windowed])
+        for i, (_, read) in enumerate(windowed):
+            ttl_ms = None if replies is UNAVAILABLE else replies[i]
+            if isinstance(ttl_ms, int) and ttl_ms >= 0:
+                read.ttl_left_s = ttl_ms / 1000
+            elif ttl_ms == -1:  # no expiry in Redis (written without PX)
+                read.ttl_left_s = None
+            else:  # gone since the GET (-2), or unknown: keep no local copy past now
+                read.ttl_left_s = 0.0
+
+    def _decode(self, key: BlockKey, value: memoryview, out: memoryview | None) -> RemoteRead:
         head = read_header(value) if value.nbytes >= VALUE_PREFIX else None
         if (head is None or head["key"] != bytes(key)
                 or not format_valid(head["codec"], head["raw_len"], head["stored_len"], head["element_bytes"])
@@ -360,21 +376,24 @@ class RemoteTier:
         raw_len = head["raw_len"]
         if out is not None and out.nbytes != raw_len:
             return RemoteRead(WRONG_SIZE, nbytes=raw_len)
-        page = out if out is not None else memoryview(native.alloc_bytearray(raw_len))
-        try:
-            if head["codec"] == CODEC_NONE:
-                native.copy(page, value[VALUE_PREFIX:])
-            else:
-                self.codec.decode_into(head["codec"], value[VALUE_PREFIX:], page)
-        except CodecError:
-            return self._corrupt()
-        if native.checksum(page) != head["checksum"]:
-            return self._corrupt()
+        payload = value[VALUE_PREFIX:]
+        if head["codec"] == CODEC_NONE:  # verify the received bytes (still in cache), then copy
+            if native.checksum(payload) != head["checksum"]:
+                return self._corrupt()
+            page = out if out is not None else memoryview(native.alloc_bytearray(raw_len))
+            native.copy(page, payload)
+        else:
+            page = out if out is not None else memoryview(native.alloc_bytearray(raw_len))
+            try:
+                self.codec.decode_into(head["codec"], payload, page)
+            except CodecError:
+                return self._corrupt()
+            if native.checksum(page) != head["checksum"]:
+                return self._corrupt()
         with self._lock:
             self.hits += 1
             self.bytes_out += raw_len
-        ttl_left = ttl_ms / 1000 if isinstance(ttl_ms, int) and ttl_ms >= 0 else None
-        return RemoteRead(HIT, page, window_ms / 1000 if window_ms else None, ttl_left, raw_len)
+        return RemoteRead(HIT, page, window_ms / 1000 if window_ms else None, None, raw_len)
 
     def _corrupt(self) -> RemoteRead:
         with self._lock:
