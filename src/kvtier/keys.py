@@ -137,3 +137,17 @@ class Namespace:
 
 
 DEFAULT_NAMESPACE = Namespace(model="default")
+
+
+def as_block_key(key: object) -> BlockKey:
+    """``key`` as a ``BlockKey``: itself, or plain bytes hashed into ``DEFAULT_NAMESPACE``."""
+    if type(key) is BlockKey:
+        return key
+    if isinstance(key, BlockKey):
+        return BlockKey.from_bytes(bytes(key))
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return DEFAULT_NAMESPACE.key_for_bytes(bytes(key))
+    raise InvalidKeyError(
+        f"keys are BlockKey or bytes, got {type(key).__name__}: use Namespace.prefix_keys(...) "
+        "or encode strings (key.encode())"
+    )

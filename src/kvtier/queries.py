@@ -1,12 +1,13 @@
-"""Questions about stored keys that move no bytes: ``plan()`` (load or recompute) and
-``miss_reason()``. A mixin of ``TieredStore``, split out of store.py by concept."""
+"""Questions that move no bytes: ``plan()`` (load or recompute), ``miss_reason()``,
+``stats()``, and ``sweep_expired()``. A mixin of ``TieredStore``, split out of store.py by concept."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from .keys import BlockKey
-from .metrics import MissReason
+from . import native
+from .metrics import MissReason, StoreStats, TierStats
 from .movement import DISK_READS, HOST_READS, REMOTE_READS
 from .planner import Plan, TierSpeed, make_plan
 
@@ -71,3 +72,37 @@ class StoreQueries:
         with self._lock:
             return self._absent_reason(key, self._clock())
 
+    # -- maintenance and reporting -----------------------------------------------------------
+    def sweep_expired(self) -> int:
+        """Reclaim every expired block now (reads and puts also reclaim lazily); returns how many."""
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            return sum(index.reclaim_expired(now) for _, index in self._tiers)
+
+    def stats(self) -> StoreStats:
+        """A consistent snapshot of the counters (expired blocks are reclaimed first)."""
+        with self._lock:
+            now = self._clock()
+            tiers = []
+            for tier, index in self._tiers:
+                if not self._closed:
+                    index.reclaim_expired(now)
+                alloc = index.allocator
+                tiers.append(TierStats(
+                    name=index.name, hits=index.hits, bytes_in=index.bytes_in,
+                    bytes_out=index.bytes_out, used_bytes=index.used_bytes,
+                    capacity_bytes=alloc.capacity_bytes, slots_used=alloc.used,
+                    slots_total=alloc.slot_count, entries=len(index.entries),
+                    pinned_bytes=index.pinned_bytes, evictions=index.evictions,
+                    expirations=index.expirations, extra=tier.stats_extra(),
+                ))
+            c = self._counters
+        if self._remote is not None:
+            tiers.append(self._remote_stats())
+        latency = {} if self._timings is None else self._timings.snapshot()
+        with self._lock:
+            return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
+                              gets=c.gets, hits=c.hits, misses=dict(c.misses),
+                              native_backend=native.backend, routes=self._engine.stats(),
+                              latency=latency)

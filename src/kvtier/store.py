@@ -7,32 +7,33 @@ after, so no reader ever sees a torn or reused page.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from . import native
 from .buffers import byte_view, writable_byte_view
-from .config import StoreConfig, format_size
+from .config import StoreConfig
 from .errors import (BufferSizeError, ConfigError, InvalidArgumentError, InvalidKeyError,
-                     StoreClosedError, UnsupportedValueError, ValueTooLargeError)
+                     StoreClosedError, UnsupportedValueError)
 from .index import Entry, GhostList, Reservation, SlotAllocator, TierIndex
-from .keys import DEFAULT_NAMESPACE, BlockKey
-from .metrics import MissReason, OpTimings, StoreCounters, StoreStats, TierStats, unregister
+from .keys import BlockKey, as_block_key
+from .metrics import MissReason, OpTimings, StoreCounters, unregister
 from .device_moves import DeviceMoves, is_cuda_tensor
 from .movement import HOST_READS, TierMoves, make_engine
 from .queries import DEFAULT_SPEEDS, StoreQueries  # noqa: F401  (DEFAULT_SPEEDS: public)
 from .remote_moves import RemoteMoves
+from .async_api import StoreAsync
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
+from .tiers.base import check_fits
 
 _timer = time.perf_counter  # times public calls for stats().latency (kvtier_op_duration_seconds)
 KeyLike = BlockKey | bytes
 
 
-class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
+class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves):
     """KV pages across memory tiers, fastest first: host DRAM, then NVMe (``config.disk``),
     then a shared Redis (``config.remote``).
 
@@ -340,66 +341,13 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
                     return len(local) - 1
         return self._remote_lookup(checked, local)
 
-    # -- async -------------------------------------------------------------------------------
-    def put_async(self, key: KeyLike, value: Any, *, ttl_s: float | None = None,
-                  pin: bool = False) -> "Future[bool]":
-        """``put`` on a worker thread. ``value`` must stay unchanged until the future is done."""
-        return self._submit(self.put, key, value, ttl_s=ttl_s, pin=pin)
-
-    def get_async(self, key: KeyLike) -> "Future[memoryview | None]":
-        """``get`` on a worker thread."""
-        return self._submit(self.get, key)
-
-    async def aput(self, key: KeyLike, value: Any, *, ttl_s: float | None = None, pin: bool = False) -> bool:
-        """asyncio form of ``put_async``."""
-        return await asyncio.wrap_future(self.put_async(key, value, ttl_s=ttl_s, pin=pin))
-
-    async def aget(self, key: KeyLike) -> memoryview | None:
-        """asyncio form of ``get_async``."""
-        return await asyncio.wrap_future(self.get_async(key))
-
-    # -- maintenance -------------------------------------------------------------------------
-    def sweep_expired(self) -> int:
-        """Reclaim every expired block now (reads and puts also reclaim lazily); returns how many."""
-        with self._lock:
-            self._check_open()
-            now = self._clock()
-            return sum(index.reclaim_expired(now) for _, index in self._tiers)
-
-    def stats(self) -> StoreStats:
-        """A consistent snapshot of the counters (expired blocks are reclaimed first)."""
-        with self._lock:
-            now = self._clock()
-            tiers = []
-            for tier, index in self._tiers:
-                if not self._closed:
-                    index.reclaim_expired(now)
-                alloc = index.allocator
-                tiers.append(TierStats(
-                    name=index.name, hits=index.hits, bytes_in=index.bytes_in,
-                    bytes_out=index.bytes_out, used_bytes=index.used_bytes,
-                    capacity_bytes=alloc.capacity_bytes, slots_used=alloc.used,
-                    slots_total=alloc.slot_count, entries=len(index.entries),
-                    pinned_bytes=index.pinned_bytes, evictions=index.evictions,
-                    expirations=index.expirations, extra=tier.stats_extra(),
-                ))
-            c = self._counters
-        if self._remote is not None:
-            tiers.append(self._remote_stats())
-        latency = {} if self._timings is None else self._timings.snapshot()
-        with self._lock:
-            return StoreStats(tiers=tuple(tiers), puts=c.puts, puts_rejected=c.puts_rejected,
-                              gets=c.gets, hits=c.hits, misses=dict(c.misses),
-                              native_backend=native.backend, routes=self._engine.stats(),
-                              latency=latency)
-
     # -- internals ---------------------------------------------------------------------------
     def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
         # The single-block paths mirror _put_many/_get_many without their list handling, which
         # visibly lowers the put/get_into rates of `kvtier bench` (its metadata line).
         tier, index = self._first_tier, self._first_index
         nbytes = src.nbytes
-        _check_fits(tier, nbytes)
+        check_fits(tier, nbytes)
         attempts = 0
         while True:
             if self._disk is not None and not index.allocator.free_slots:
@@ -484,7 +432,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
         """Reserve every slot under the lock, copy outside it, publish under the lock."""
         tier, index = self._first_tier, self._first_index
         for src in srcs:
-            _check_fits(tier, src.nbytes)
+            check_fits(tier, src.nbytes)
         reservations: list[Reservation | None] = [None] * len(keys)
         for attempt in range(_ROOM_RETRIES + 1):
             missing = [i for i, r in enumerate(reservations) if r is None]
@@ -626,29 +574,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
         if self._closed:
             raise StoreClosedError("this TieredStore is closed; open a new one")
 
-    def _submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        with self._lock:
-            self._check_open()
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.config.async_workers,
-                                                    thread_name_prefix="kvtier-async")
-            try:
-                return self._executor.submit(fn, *args, **kwargs)
-            except RuntimeError:  # shut down by a concurrent close()
-                raise StoreClosedError("this TieredStore is closed; open a new one") from None
-
-    @staticmethod
-    def _key(key: Any) -> BlockKey:
-        if type(key) is BlockKey:
-            return key
-        if isinstance(key, BlockKey):
-            return BlockKey.from_bytes(bytes(key))
-        if isinstance(key, (bytes, bytearray, memoryview)):
-            return DEFAULT_NAMESPACE.key_for_bytes(bytes(key))
-        raise InvalidKeyError(
-            f"keys are BlockKey or bytes, got {type(key).__name__}: use Namespace.prefix_keys(...) "
-            "or encode strings (key.encode())"
-        )
+    _key = staticmethod(as_block_key)
 
     def _value(self, value: Any) -> memoryview:
         try:
@@ -672,11 +598,3 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, DeviceMoves):
 
 _TIMED_BYTES = 64 << 10  # host reads at least this large feed the host->caller estimate
 _ROOM_RETRIES = 8  # write-back: how often a put makes room again when other threads took it
-
-
-def _check_fits(tier: Tier, nbytes: int) -> None:
-    if nbytes > tier.slot_bytes:
-        raise ValueTooLargeError(
-            f"value is {format_size(nbytes)} but {tier.name} slots hold {format_size(tier.slot_bytes)}"
-            f" ({tier.slot_bytes} bytes): raise {tier.name}.slot_bytes or split the page"
-        )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..config import format_size
+from ..errors import ValueTooLargeError
+
 
 @dataclass(frozen=True, slots=True)
 class TierCapabilities:
@@ -40,3 +43,12 @@ class Tier(Protocol):
 
     def close(self) -> None:
         """Release the medium. Idempotent."""
+
+
+def check_fits(tier: Tier, nbytes: int) -> None:
+    """Refuse a page larger than ``tier``'s slots, saying what to change."""
+    if nbytes > tier.slot_bytes:
+        raise ValueTooLargeError(
+            f"value is {format_size(nbytes)} but {tier.name} slots hold {format_size(tier.slot_bytes)}"
+            f" ({tier.slot_bytes} bytes): raise {tier.name}.slot_bytes or split the page"
+        )
