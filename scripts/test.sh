@@ -45,5 +45,6 @@ install_redis_server
 
 # vLLM (CPU build) for tests/test_vllm.py, in its own cached virtualenv (.venv-vllm); never fails the suite.
 ./scripts/vllm-env.sh || true
+./benchmarks/peers/setup.sh || true  # LMCache (CPU) for `kvtier bench --peers` (.venv-peers); never fails
 
 exec python -m pytest -q -p no:cacheprovider "$@"

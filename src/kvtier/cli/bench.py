@@ -19,6 +19,8 @@ from ..bench.codec import (CodecBenchResult, CodecBenchSettings, codec_bench_ste
 from ..bench.disk import (DEFAULT_DISK_PAGE_SIZES, DiskBenchResult, DiskBenchSettings,
                           run_disk_bench)
 from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
+from ..bench.peers import (DEFAULT_PEERS_PAGE_SIZES, PEERS, PeersBenchSettings, peers_bench_steps,
+                           run_peers_bench)
 from ..bench.remote import (DEFAULT_REMOTE_PAGE_SIZES, RemoteBenchResult, RemoteBenchSettings,
                             remote_bench_steps, run_remote_bench)
 from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchResult, SGLangBenchSettings,
@@ -26,7 +28,7 @@ from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchResult, SGLang
 from ..bench.workload import WorkloadSettings, run_workload, workload_steps
 from ..config import format_size, parse_duration, parse_size
 from ..errors import ConfigError, KvtierError
-from .bench_views import plot_micro, plot_workload, print_workload
+from .bench_views import plot_micro, plot_peers, plot_workload, print_peers, print_workload
 
 err = Console(stderr=True)
 
@@ -88,6 +90,21 @@ def bench(
                                      help="Page bytes written and read per SGLang trial and backend."),
     sglang_trials: int = typer.Option(5, "--sglang-trials", min=1,
                                       help="SGLang trials after one warm-up (median kept)."),
+    peers: bool = typer.Option(False, "--peers",
+                               help="Run only the peers benchmark: the same pages through LMCache's "
+                                    "LocalCPUBackend / LocalDiskBackend and SGLang's HiCacheFile beside "
+                                    "kvtier (durable writes, cold and warm reads; LMCache from "
+                                    "benchmarks/peers/setup.sh's virtualenv, skipped without it)."),
+    peers_dir: Optional[str] = typer.Option(None, "--peers-dir",
+                                            help="Directory on the drive to measure (default: a temp dir)."),
+    peers_sizes: str = typer.Option(",".join(_size_text(s) for s in DEFAULT_PEERS_PAGE_SIZES),
+                                    "--peers-sizes", help="Peer page sizes (K+V, all layers; whole tokens)."),
+    peers_bytes: str = typer.Option("64MiB", "--peers-bytes",
+                                    help="Page bytes written and read per peer trial and side."),
+    peers_trials: int = typer.Option(5, "--peers-trials", min=1,
+                                     help="Peer trials after one warm-up (median kept)."),
+    peers_only: str = typer.Option(",".join(PEERS), "--peers-only",
+                                   help="Which peers to run (comma-separated)."),
     micro: bool = typer.Option(False, "--micro",
                                help="Per-tier put/get throughput beside each tier's ceiling (host "
                                     "vs memcpy, disk vs raw O_DIRECT) instead of the workload."),
@@ -125,12 +142,17 @@ def bench(
     codec benchmark: compression ratio and speed vs memcpy, disk tier per codec vs O_DIRECT
     (--no-disk skips that part). With --remote URL, only the Redis tier: put_many/get_many MB/s
     vs a raw redis-py SET/GET loop and redis-benchmark on the same server. With --sglang, only
-    SGLang's HiCache L3: kvtier's backend vs HiCacheFile, durable writes and cold/warm reads."""
+    SGLang's HiCache L3: kvtier's backend vs HiCacheFile, durable writes and cold/warm reads.
+    With --peers, only the peers: LMCache's CPU and disk backends and SGLang's HiCacheFile
+    beside kvtier on the same pages."""
     if gpu:
         _gpu_bench(trials, as_json, output)
         return
-    if (remote is not None) + codec + sglang > 1:
-        raise typer.BadParameter("--remote, --codec and --sglang are separate benchmarks: give one of them")
+    if (remote is not None) + codec + sglang + peers > 1:
+        raise typer.BadParameter("separate benchmarks: give one of --remote, --codec, --sglang, --peers")
+    if peers:
+        _peers_bench(peers_dir, peers_sizes, peers_bytes, peers_trials, peers_only, plot, as_json, output)
+        return
     if sglang:
         _sglang_bench(sglang_dir, sglang_sizes, sglang_bytes, sglang_trials, as_json, output)
         return
@@ -293,6 +315,25 @@ def _sglang_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int
         raise typer.Exit(1) from None
     if _emit(result.to_json(), as_json, output):
         _print_sglang_table(result)
+
+
+def _peers_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int, only: str,
+                 plot: Optional[str], as_json: bool, output: Optional[str]) -> None:
+    try:
+        settings = PeersBenchSettings(directory=directory, page_sizes=_sizes(sizes),
+                                      bytes_per_run=parse_size(nbytes), trials=trials,
+                                      peers=tuple(p.strip() for p in only.split(",") if p.strip()))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = _with_progress("peers", peers_bench_steps(settings), run_peers_bench, settings)
+    if plot:
+        plot_peers(result, plot)
+    if _emit(result.to_json(), as_json, output):
+        print_peers(result, Console())
+        if plot:
+            Console().print(f"plot: {plot}")
+    for peer, why in result.skipped.items():
+        err.print(f"[yellow]{peer}: skipped ({why})")
 
 
 def _gbs(value: float) -> str:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from ..bench.disk import DiskBenchResult
 from ..bench.host import HostBenchResult
+from ..bench.peers import LABELS, MEASURES as PEER_MEASURES, PeersBenchResult
 from ..bench.workload import WorkloadResult
 from ..config import format_size
 
@@ -112,6 +113,79 @@ def plot_micro(host: HostBenchResult, disk: DiskBenchResult | None, path: str) -
         ax.set(xscale="log", xlabel="page bytes", ylabel="GB/s", title="NVMe disk tier")
         ax.legend(fontsize=7)
     fig.suptitle("kvtier bench --micro: each tier beside its ceiling, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_peers(result: PeersBenchResult, console: Console) -> None:
+    """``--peers``: per peer and page size, kvtier and the peer in MB/s, and kvtier / peer."""
+    settings = result.settings
+    load = " → ".join(f"{value:.2f}" for value in (result.load[0], max(result.load), result.load[-1]))
+    table = Table(title=f"peers · same pages, kvtier vs each · {result.directory} · {result.cpu} · "
+                        f"load (start → max → end) {load}",
+                  caption=f"MB/s of page bytes, median of {settings.trials} trials after a warm-up, "
+                          f"{format_size(settings.bytes_per_run)} per trial and side, each side in a "
+                          f"process of its own, one at a time; write = until on the drive "
+                          f"(os.sync) for disk rows, put for DRAM rows; cold = page cache dropped "
+                          f"(posix_fadvise DONTNEED); warm = read again; ×: kvtier / peer (above 1: "
+                          f"kvtier ahead)")
+    for name in ("peer", "page", "measure"):
+        table.add_column(name, no_wrap=True)
+    for name in ("kvtier", "peer", "×", "verified"):
+        table.add_column(name, justify="right")
+    for row in result.rows:
+        measures = [m for m in PEER_MEASURES if row.kvtier[m] is not None or row.peer_rates[m] is not None]
+        for at, measure in enumerate(measures):
+            ratio = row.ratio(measure)
+            mark = "" if ratio is None else ("green" if ratio >= 1 else "red")
+            who = (_PEER_SHORT[row.peer] + ("" if row.skipped is None else " (skipped)")) if at == 0 \
+                else (f"vs kvtier {_PEER_SHORT[row.kvtier_side]}" if at == 1 else "")
+            what = {"write": "put", "warm_read": "get"}[measure] if row.peer == "lmcache_cpu" \
+                else _PEER_MEASURE_NAMES[measure]
+            table.add_row(who, f"{format_size(row.page_bytes)} ×{row.pages}" if at == 0 else "",
+                          what, _peer_mbs(row.kvtier[measure]),
+                          _peer_mbs(row.peer_rates[measure]),
+                          "—" if ratio is None else f"[{mark}]{ratio:.2f}×[/{mark}]",
+                          (f"{row.verified_pages['kvtier']} / {row.verified_pages['peer']}"
+                           if at == 0 else ""), end_section=at == len(measures) - 1)
+    console.print(table)
+    for peer, why in result.skipped.items():
+        console.print(f"{peer}: skipped ({why})")
+    versions = ", ".join(f"{side} {version}" for side, version in result.versions.items())
+    console.print(f"versions: {versions}")
+    verdict = "ahead of every peer on every measured row" if result.kvtier_leads else \
+        "behind on at least one row (red)"
+    console.print(f"kvtier is {verdict}")
+
+
+_PEER_SHORT = {"lmcache_cpu": "LMCache CPU", "lmcache_disk": "LMCache disk", "hicache_file": "HiCacheFile",
+               "kvtier_host": "host", "kvtier_disk": "disk", "kvtier_sglang": "SGLang"}
+_PEER_MEASURE_NAMES = {"write": "durable write", "cold_read": "cold read", "warm_read": "warm read"}
+
+
+def _peer_mbs(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:,.0f}"
+
+
+def plot_peers(result: PeersBenchResult, path: str) -> None:
+    """One panel per measure: grouped bars of kvtier and each peer per page size (a missing
+    bar: the side has no such measure, or the peer was skipped)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(PEER_MEASURES), figsize=(5.2 * len(PEER_MEASURES), 4.4))
+    rows = result.rows
+    labels = [f"{_PEER_SHORT[r.peer]}\n{format_size(r.page_bytes)}" for r in rows]
+    x = range(len(rows))
+    for ax, measure in zip(axes, PEER_MEASURES):
+        ours = [(r.kvtier[measure] or 0) / 1e9 for r in rows]
+        theirs = [(r.peer_rates[measure] or 0) / 1e9 for r in rows]
+        ax.bar([i - 0.2 for i in x], ours, 0.4, label="kvtier", color="tab:blue")
+        ax.bar([i + 0.2 for i in x], theirs, 0.4, label="peer", color="tab:gray")
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set(ylabel="GB/s", title=_PEER_MEASURE_NAMES[measure] + " (DRAM rows: put / get)"
+               if measure != "cold_read" else "cold read")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"kvtier bench --peers · median of {result.settings.trials} trials · {result.cpu}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
