@@ -43,3 +43,41 @@ def deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]
         else:
             into[key] = list(value) if isinstance(value, (list, tuple)) else value
     return into
+
+
+def store_table(extra: Mapping[str, Any], defaults: Mapping[str, Any],
+                environ: Mapping[str, str], where: str) -> dict[str, Any]:
+    """One ``StoreConfig.from_dict`` table from an engine's extra config: ``defaults``, then the
+    ``KVTIER_*`` variables, then the nested ``kvtier`` table, then the shorthand keys and
+    ``metrics_port`` (later wins). ``where`` names the engine's setting in errors."""
+    store = deep_merge({}, defaults)
+    deep_merge(store, env_table(environ))
+    nested = extra.get("kvtier", {})
+    if not isinstance(nested, Mapping):
+        raise ConfigError(f"{where}['kvtier'] must be a table of StoreConfig settings, got {nested!r}")
+    deep_merge(store, nested)
+    for key, (section, name) in STORE_SHORTHANDS.items():
+        if key in extra:
+            store.setdefault(section, {})[name] = extra[key]
+    if "metrics_port" in extra:
+        store["metrics_port"] = extra["metrics_port"]
+    return store
+
+
+def path_list(value: Any) -> list[str]:
+    """Directories given as a list, or as one comma-separated string; [] for none."""
+    if isinstance(value, str):
+        return [p for p in value.split(",") if p.strip()]
+    return list(value or ())
+
+
+def rank_metrics_port(port: Any, rank: int) -> int | None:
+    """The metrics port of one rank: ``port + rank``; ``0`` stays "any free port"; None when
+    metrics are off (``None``, ``""`` or ``"none"``)."""
+    if port is None or (isinstance(port, str) and port.strip().lower() in ("", "none")):
+        return None
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metrics_port must be a port number, got {port!r}") from None
+    return port + rank if port else 0

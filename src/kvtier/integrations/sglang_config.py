@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ..config import HostTierConfig, StoreConfig, parse_size
 from ..errors import ConfigError
-from .common import STORE_SHORTHANDS, deep_merge, env_table
+from .common import deep_merge, path_list, rank_metrics_port, store_table
 
 KVTIER_KEYS = frozenset({  # each with its default and meaning: docs/integrations/sglang.md
     "storage_dir", "disk_capacity", "host_capacity", "write_mode", "fsync", "codec", "promote_on_read",
@@ -59,24 +59,12 @@ class SGLangBackendConfig:
                 f"kvtier's SGLang backend got unknown extra_config key(s) {unknown}; kvtier keys: "
                 f"{sorted(KVTIER_KEYS)}; SGLang keys it accepts: {sorted(SGLANG_KEYS)} "
                 "(docs/integrations/sglang.md)")
-        store: dict[str, Any] = deep_merge({}, _BACKEND_DEFAULTS)
-        deep_merge(store, env_table(os.environ if environ is None else environ))
-        nested = extra.get("kvtier", {})
-        if not isinstance(nested, Mapping):
-            raise ConfigError(f"extra_config['kvtier'] must be a table of StoreConfig settings, "
-                              f"got {nested!r}")
-        deep_merge(store, nested)
-        for key, (section, name) in STORE_SHORTHANDS.items():
-            if key in extra:
-                store.setdefault(section, {})[name] = extra[key]
-        if "metrics_port" in extra:
-            store["metrics_port"] = extra["metrics_port"]
+        store = store_table(extra, _BACKEND_DEFAULTS, os.environ if environ is None else environ,
+                            "extra_config")
         _rank_metrics(store, storage_config)
-        bases = (extra.get("storage_dir") or extra.get("file_storage_path")
-                 or store.get("disk", {}).get("paths"))
-        if isinstance(bases, str):
-            bases = [p for p in bases.split(",") if p.strip()]
-        dirs = tuple(str(Path(base).expanduser() / rank_directory(storage_config)) for base in bases or ())
+        bases = path_list(extra.get("storage_dir") or extra.get("file_storage_path")
+                          or store.get("disk", {}).get("paths"))
+        dirs = tuple(str(Path(base).expanduser() / rank_directory(storage_config)) for base in bases)
         if dirs:
             store.setdefault("disk", {})["paths"] = list(dirs)
         else:
@@ -132,15 +120,9 @@ def rank_directory(storage_config: Any) -> str:
 def _rank_metrics(store: dict[str, Any], storage_config: Any) -> None:
     """Each rank (process) serves its own exporter: on ``metrics_port`` + its TP/PP rank
     (``0`` stays "any free port"), with its shard as the ``store`` label."""
-    port = store.get("metrics_port")
-    if port is None or (isinstance(port, str) and port.strip().lower() in ("", "none")):
-        return
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise ConfigError(f"metrics_port must be a port number, got {port!r}") from None
     c = storage_config
-    if port:
-        port += c.tp_rank + c.tp_size * c.pp_rank
+    port = rank_metrics_port(store.get("metrics_port"), c.tp_rank + c.tp_size * c.pp_rank)
+    if port is None:
+        return
     store["metrics_port"] = port
     store.setdefault("metrics_name", "sglang-" + rank_directory(c).rsplit("/", 1)[-1])

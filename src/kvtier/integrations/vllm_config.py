@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..config import HostTierConfig, StoreConfig, parse_size
 from ..errors import ConfigError
-from .common import STORE_SHORTHANDS, deep_merge, env_table
+from .common import deep_merge, path_list, rank_metrics_port, store_table
 
 KVTIER_KEYS = frozenset({
     "storage_dir", "disk_capacity", "host_capacity", "write_mode", "fsync", "codec",
@@ -62,22 +62,10 @@ class VLLMConnectorConfig:
             raise ConfigError(
                 f"kvtier's vLLM connector got unknown kv_connector_extra_config key(s) {unknown}; "
                 f"known keys: {sorted(KVTIER_KEYS)} (docs/integrations/vllm.md)")
-        store: dict[str, Any] = deep_merge({}, _CONNECTOR_DEFAULTS)
-        deep_merge(store, env_table(os.environ if environ is None else environ))
-        nested = extra.get("kvtier", {})
-        if not isinstance(nested, Mapping):
-            raise ConfigError(f"kv_connector_extra_config['kvtier'] must be a table of StoreConfig "
-                              f"settings, got {nested!r}")
-        deep_merge(store, nested)
-        for key, (section, name) in STORE_SHORTHANDS.items():
-            if key in extra:
-                store.setdefault(section, {})[name] = extra[key]
-        if "metrics_port" in extra:
-            store["metrics_port"] = extra["metrics_port"]
-        bases = extra.get("storage_dir") or store.get("disk", {}).get("paths")
-        if isinstance(bases, str):
-            bases = [p for p in bases.split(",") if p.strip()]
-        dirs = tuple(str(Path(base).expanduser()) for base in bases or ())
+        store = store_table(extra, _CONNECTOR_DEFAULTS, os.environ if environ is None else environ,
+                            "kv_connector_extra_config")
+        bases = path_list(extra.get("storage_dir") or store.get("disk", {}).get("paths"))
+        dirs = tuple(str(Path(base).expanduser()) for base in bases)
         if not dirs:
             store.pop("disk", None)
         if not dirs and "remote" not in store:
@@ -121,14 +109,10 @@ class VLLMConnectorConfig:
         directories are ``storage_dirs`` joined with ``subdirs`` (model, rank). Each rank serves
         its metrics on ``metrics_port + rank`` (0 stays "any free port"), named after ``subdirs``."""
         table = deep_merge({}, self.store)
-        port = table.get("metrics_port")
-        if port is not None and not (isinstance(port, str) and port.strip().lower() in ("", "none")):
-            try:
-                port = int(port)
-            except (TypeError, ValueError):
-                raise ConfigError(f"metrics_port must be a port number, got {port!r}") from None
-            table["metrics_port"] = port + rank if port else 0
-            table.setdefault("metrics_name", "-".join(("vllm",) + subdirs) if subdirs else "vllm")
+        port = rank_metrics_port(table.get("metrics_port"), rank)
+        if port is not None:
+            table["metrics_port"] = port
+            table.setdefault("metrics_name", "-".join(("vllm",) + subdirs))
         host = table.setdefault("host", {})
         host["slot_bytes"] = page_bytes
         capacity = parse_size(host.get("capacity_bytes", HostTierConfig().capacity_bytes))
