@@ -29,9 +29,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -377,19 +378,15 @@ def _drop_page_cache(directory: Path) -> None:
                 os.close(fd)
 
 
-class _scratch:
-    """``directory`` (created) or a temp dir removed afterwards."""
-
-    def __init__(self, directory: str | None) -> None:
-        self._given = directory
-
-    def __enter__(self) -> Path:
-        if self._given is not None:
-            self._path = Path(self._given) / f"kvtier-bench-{os.getpid()}"
-            self._path.mkdir(parents=True, exist_ok=False)
-        else:
-            self._path = Path(tempfile.mkdtemp(prefix="kvtier-bench-"))
-        return self._path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self._path, ignore_errors=True)
+@contextmanager
+def _scratch(directory: str | None) -> Iterator[Path]:
+    """A new directory under ``directory`` (or a temp dir), removed afterwards."""
+    if directory is not None:
+        path = Path(directory) / f"kvtier-bench-{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=False)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="kvtier-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
