@@ -71,21 +71,26 @@ _GIB = 1 << 30
 
 
 def drop_page_cache(*paths: Path) -> int:
-    """``posix_fadvise(DONTNEED)`` on every file under ``paths`` (a copy of
-    ``kvtier.bench.sglang.drop_page_cache``: this module runs where kvtier is not installed)."""
-    count = 0
+    """``posix_fadvise(DONTNEED)`` on each file of ``paths`` and every file under those that
+    are directories (after ``os.sync`` their pages are clean, so the kernel drops them);
+    returns how many files. The benchmarks' one copy: it lives here because this module runs
+    where kvtier is not installed (stdlib only), and bench/sglang.py and bench/workload.py
+    import it."""
+    files = [str(p) for p in paths if os.path.isfile(p)]
     for directory in paths:
         for dirpath, _, names in os.walk(directory):
-            for name in names:
-                try:
-                    fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    continue
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    count += 1
-                finally:
-                    os.close(fd)
+            files += [os.path.join(dirpath, name) for name in names]
+    count = 0
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # e.g. a file removed meanwhile
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            count += 1
+        finally:
+            os.close(fd)
     return count
 
 

@@ -61,6 +61,7 @@ from typing import Any
 from .. import native
 from ..config import GiB, MiB
 from .host import _cpu_name
+from .peer_runner import drop_page_cache
 
 DEFAULT_SGLANG_PAGE_SIZES = (256 << 10, 2 << 20)
 BACKENDS = ("kvtier", "hicache_file")
@@ -232,27 +233,6 @@ def run_sglang_bench(settings: SGLangBenchSettings,
                              native.io_engine(), native.backend, dict(PATHS), _cpu_name(),
                              used_threads, (load_before, os.getloadavg()[0]), results)
 
-
-def drop_page_cache(*paths: Path) -> int:
-    """``posix_fadvise(DONTNEED)`` on each file of ``paths`` and every file under those that
-    are directories (after ``os.sync`` their pages are clean, so the kernel drops them);
-    returns how many files."""
-    files = [str(p) for p in paths if os.path.isfile(p)]
-    for directory in paths:
-        for dirpath, _, names in os.walk(directory):
-            files += [os.path.join(dirpath, name) for name in names]
-    count = 0
-    for path in files:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # e.g. a file removed meanwhile
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            count += 1
-        finally:
-            os.close(fd)
-    return count
 
 
 class _PageSizeBench:

@@ -36,16 +36,16 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..config import DiskTierConfig, HostTierConfig, StoreConfig
+from ..config import DiskTierConfig, GiB, HostTierConfig, StoreConfig
 from ..keys import BlockKey, Namespace
 from ..planner import LOAD, Plan
 from ..sim.trace import load_trace
 from ..specs import gpu_spec, model_spec
 from ..store import TieredStore
+from .peer_runner import drop_page_cache
 
 _PATTERN_BYTES = 4096  # a page is its key's 4 KiB pattern repeated (cheap to make and to check)
 _PUT_BATCH = 16
-GiB = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +357,7 @@ def _timed_restore(store: TieredStore, keys: list[BlockKey], outs: list[np.ndarr
     times = []
     for _ in range(trials):
         if drop is not None:
-            _drop_page_cache(drop)
+            drop_page_cache(drop)
         began = time.perf_counter()
         for i in range(0, len(keys), len(outs)):
             batch = keys[i:i + len(outs)]
@@ -366,16 +366,6 @@ def _timed_restore(store: TieredStore, keys: list[BlockKey], outs: list[np.ndarr
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
-
-def _drop_page_cache(directory: Path) -> None:
-    """Drop the page cache of every file under ``directory`` (no-op for O_DIRECT files)."""
-    for path in directory.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 @contextmanager
