@@ -158,7 +158,7 @@ class Ring {
     return 0;
   }
 
-  void run(bool write, IoOp* ops, std::size_t n) noexcept {
+  void run(bool write, IoOp* ops, std::size_t n, IoDone done, void* ctx) noexcept {
     const auto opcode = static_cast<std::uint8_t>(write ? IORING_OP_WRITEV : IORING_OP_READV);
     std::size_t next = 0;   // ops[next..n) have not started
     unsigned queued = 0;    // requests in the submission queue, not yet taken by the kernel
@@ -178,6 +178,7 @@ class Ring {
         IoOp& op = ops[i];
         if (failed) {
           run_sync(write, op);
+          if (done) done(ctx, i);
           continue;
         }
         io_uring_sqe& sqe = next_sqe();
@@ -224,10 +225,12 @@ class Ring {
           again_.push_back(i);
         } else if (res < 0) {
           op.result = res;
+          if (done) done(ctx, i);
         } else if (advance(op, static_cast<std::size_t>(res))) {
           again_.push_back(i);
         } else {
           op.result = op.done;
+          if (done) done(ctx, i);
         }
       });
     }
@@ -370,6 +373,8 @@ Ring* ring_for_this_thread() noexcept {
 struct Batch {
   bool write;
   IoOp* ops;
+  IoDone done;
+  void* ctx;
   std::size_t n;
   std::atomic<std::size_t> next{0};
   std::size_t seats = 0;  // workers that may still join   (guarded by the pool)
@@ -378,6 +383,7 @@ struct Batch {
   void work() noexcept {
     for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
       run_sync(write, ops[i]);
+      if (done) done(ctx, i);
     }
   }
 };
@@ -423,11 +429,13 @@ std::shared_ptr<Pool> get_pool(std::size_t workers) noexcept {
   return *g_pool;
 }
 
-void run_threads(bool write, IoOp* ops, std::size_t n) noexcept {
+void run_threads(bool write, IoOp* ops, std::size_t n, IoDone done, void* ctx) noexcept {
   const std::size_t threads = io_threads();
   Batch batch;
   batch.write = write;
   batch.ops = ops;
+  batch.done = done;
+  batch.ctx = ctx;
   batch.n = n;
   if (threads > 1 && n > 1) {
     if (auto pool = get_pool(threads - 1)) return pool->run(batch, batch.n);
@@ -496,13 +504,13 @@ void set_io_threads(std::size_t n) {
 
 // --- batches -------------------------------------------------------------------------
 
-void io_run(bool write, IoOp* ops, std::size_t n) noexcept {
+void io_run(bool write, IoOp* ops, std::size_t n, IoDone done, void* ctx) noexcept {
   if (n == 0) return;
   if (io_engine() == IoEngine::kIoUring) {
     // A ring that cannot be created now (the probe worked) degrades to threads.
-    if (Ring* ring = ring_for_this_thread()) return ring->run(write, ops, n);
+    if (Ring* ring = ring_for_this_thread()) return ring->run(write, ops, n, done, ctx);
   }
-  run_threads(write, ops, n);
+  run_threads(write, ops, n, done, ctx);
 }
 
 double raw_io_bench(const char* path, std::size_t page_bytes, std::size_t batch,

@@ -24,7 +24,15 @@ struct IoOp {
 // Runs ops[0..n) concurrently on the current engine and fills in each result.
 // EINTR is retried and short transfers are continued; an error, even after
 // some bytes moved, makes result -errno.  Never throws.
-void io_run(bool write, IoOp* ops, std::size_t n) noexcept;
+//
+// done, if given, is called as done(ctx, i) once op i's result is final, on
+// whichever thread completed it (the caller's, or a pool worker's), while the
+// other ops may still be in flight: work on a finished op's bytes (a checksum)
+// overlaps the rest of the batch.  It must not throw.  Note that the op's iov
+// array has been consumed by then.
+using IoDone = void (*)(void* ctx, std::size_t i) noexcept;
+void io_run(bool write, IoOp* ops, std::size_t n, IoDone done = nullptr,
+            void* ctx = nullptr) noexcept;
 
 enum class IoEngine { kAuto, kIoUring, kThreads };
 

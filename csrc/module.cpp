@@ -161,8 +161,27 @@ void apply_io_engine_env() {
   g_io_engine_set = true;
 }
 
+// What io_batch's completion hook needs: the iovecs as they were before the
+// transfer consumed them, and per op the byte range to hash (or none).
+struct IoChecksums {
+  const kvtier::IoOp* ops;
+  const std::vector<iovec>* iov;  // the original iovecs
+  const std::vector<std::size_t>* first;
+  std::vector<std::size_t> skip, length;
+  std::vector<char> wanted, valid;
+  std::vector<std::uint64_t> value;
+
+  static void on_done(void* self, std::size_t i) noexcept {
+    auto& c = *static_cast<IoChecksums*>(self);
+    if (!c.wanted[i] || c.ops[i].result < static_cast<std::int64_t>(c.skip[i] + c.length[i])) return;
+    const std::size_t at = (*c.first)[i];
+    c.valid[i] = kvtier::checksum_iov(c.iov->data() + at, (*c.first)[i + 1] - at, c.skip[i],
+                                      c.length[i], &c.value[i]);
+  }
+};
+
 py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets_obj,
-                    py::handle buffers_obj) {
+                    py::handle buffers_obj, py::handle ranges_obj) {
   apply_io_engine_env();
   const int write = PyObject_IsTrue(write_obj.ptr());
   if (write < 0) throw py::error_already_set();
@@ -203,13 +222,49 @@ py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets
     }
   }
   first[ops.size()] = iov.size();
+  const bool hashing = !ranges_obj.is_none();
+  IoChecksums sums{ops.data(), nullptr, &first, {}, {}, {}, {}, {}};
+  std::vector<iovec> original;
+  if (hashing) {
+    const py::tuple ranges =
+        sequence_arg(ranges_obj, "io_batch", "checksum_ranges", "(start, length) pairs or None");
+    if (PyTuple_GET_SIZE(ranges.ptr()) != n) {
+      PyErr_Format(PyExc_ValueError,
+                   "io_batch(): checksum_ranges must have one entry per op, got %zd for %zd ops",
+                   PyTuple_GET_SIZE(ranges.ptr()), n);
+      throw py::error_already_set();
+    }
+    const auto count = static_cast<std::size_t>(n);
+    sums.skip.assign(count, 0);
+    sums.length.assign(count, 0);
+    sums.wanted.assign(count, 0);
+    sums.valid.assign(count, 0);
+    sums.value.assign(count, 0);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* range = PyTuple_GET_ITEM(ranges.ptr(), i);
+      if (range == Py_None) continue;
+      std::snprintf(arg, sizeof arg, "checksum_ranges[%zd]", i);
+      const py::tuple pair = sequence_arg(range, "io_batch", arg, "int");
+      if (PyTuple_GET_SIZE(pair.ptr()) != 2) {
+        PyErr_Format(PyExc_ValueError, "io_batch(): %s must be a (start, length) pair", arg);
+        throw py::error_already_set();
+      }
+      const auto k = static_cast<std::size_t>(i);
+      sums.skip[k] = size_arg(PyTuple_GET_ITEM(pair.ptr(), 0), "io_batch", arg);
+      sums.length[k] = size_arg(PyTuple_GET_ITEM(pair.ptr(), 1), "io_batch", arg);
+      sums.wanted[k] = 1;
+    }
+    original = iov;  // the transfer advances iov in place
+    sums.iov = &original;
+  }
   for (std::size_t i = 0; i < ops.size(); ++i) {
     ops[i].iov = iov.data() + first[i];
     ops[i].iovcnt = first[i + 1] - first[i];
   }
   {
     py::gil_scoped_release nogil;
-    kvtier::io_run(write != 0, ops.data(), ops.size());  // noexcept
+    kvtier::io_run(write != 0, ops.data(), ops.size(), hashing ? &IoChecksums::on_done : nullptr,
+                   &sums);  // noexcept
   }
   auto out = py::reinterpret_steal<py::object>(PyList_New(n));
   if (!out) throw py::error_already_set();
@@ -218,7 +273,16 @@ py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets
     if (!result) throw py::error_already_set();
     PyList_SET_ITEM(out.ptr(), i, result);
   }
-  return out;
+  if (!hashing) return out;
+  auto hashes = py::reinterpret_steal<py::object>(PyList_New(n));
+  if (!hashes) throw py::error_already_set();
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    PyObject* value = sums.valid[k] ? PyLong_FromUnsignedLongLong(sums.value[k]) : Py_NewRef(Py_None);
+    if (!value) throw py::error_already_set();
+    PyList_SET_ITEM(hashes.ptr(), i, value);
+  }
+  return py::make_tuple(out, hashes);
 }
 
 void set_io_engine(py::handle name_obj) {
@@ -429,10 +493,12 @@ PYBIND11_MODULE(_native, m) {
 
   // Batched file I/O for the disk tier (csrc/io.h).
   m.def("io_batch", &io_batch, py::arg("write"), py::arg("fds"), py::arg("offsets"),
-        py::arg("buffers"),
-        "io_batch(write, fds, offsets, buffers)\n--\n\n"
+        py::arg("buffers"), py::arg("checksum_ranges") = py::none(),
+        "io_batch(write, fds, offsets, buffers, checksum_ranges=None)\n--\n\n"
         "Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or "
-        "-errno.");
+        "-errno.  With checksum_ranges (per op a (start, length) pair or None), returns "
+        "(results, checksums): XXH3-64 of bytes [start, start + length) of op i's transfer, "
+        "hashed as op i completes, or None where not asked or not all moved.");
   m.def(
       "io_engine",
       [] {

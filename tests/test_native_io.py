@@ -159,6 +159,50 @@ def test_reads_stop_at_end_of_file(io: ModuleType, tmp_path: Path) -> None:
     assert bufs[6][:1000] == data[9000:] and bufs[7] == b"\xab" * 4096
 
 
+def test_checksum_ranges_hash_each_op_as_it_completes(io: ModuleType, tmp_path: Path) -> None:
+    """checksum_ranges: XXH3-64 of the asked span of each op's transfer, across its buffers;
+    None where no range was asked, where the op failed or where it moved too few bytes."""
+    import xxhash
+
+    n = 200  # more than the ring holds: later ops are hashed while earlier ones complete
+    data = _payload(n * 3 * 4096 + 5000, seed=11)
+    path = tmp_path / "sums.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    rng = np.random.default_rng(12)
+    try:
+        offsets = [i * 3 * 4096 for i in range(n)]
+        buffers = [[bytearray(4096), bytearray(int(rng.integers(1, 8000))), bytearray(100)]
+                   for _ in range(n)]
+        ranges: list[tuple[int, int] | None] = []
+        for i, bufs in enumerate(buffers):
+            total = sum(len(b) for b in bufs)
+            start = int(rng.integers(0, total))
+            ranges.append(None if i % 7 == 0 else (start, int(rng.integers(0, total - start + 1))))
+        # Past the end of the file, a bad fd, and a range longer than the transfer.
+        offsets += [len(data) - 50, 0, 0]
+        buffers += [[bytearray(4096)], [bytearray(8)], [bytearray(10)]]
+        ranges += [(0, 50), (0, 8), (5, 6)]
+        fds = [fd] * (n + 3)
+        fds[n + 1] = -1
+        results, sums = io.io_batch(False, fds, offsets, buffers, ranges)
+    finally:
+        os.close(fd)
+    for i, (offset, bufs, span, got, digest) in enumerate(
+            zip(offsets, buffers, ranges, results, sums)):
+        joined = b"".join(bufs)
+        if i < n:
+            assert got == len(joined) and joined == data[offset:offset + got]
+        if span is None or (got < 0 or got < span[0] + span[1]):
+            assert digest is None, i
+        else:
+            start, length = span
+            assert digest == xxhash.xxh3_64_intdigest(joined[start:start + length]), i
+    assert results[n:] == [50, -errno.EBADF, 10] and sums[n:] == [
+        xxhash.xxh3_64_intdigest(data[-50:]), None, None]
+    assert io.io_batch(False, [], [], [], []) == ([], [])
+
+
 def test_io_errors_come_back_as_negative_errno(io: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(b"x" * 100)
@@ -353,6 +397,10 @@ def _bad_calls() -> list[Callable[[ModuleType], object]]:
         lambda m: m.io_batch(True, [0], [0], [bytearray(1)]),
         lambda m: m.io_batch(True, [0], [0], [[1]]),
         lambda m: m.io_batch(True, [0], [0], [[np.zeros(4)[::2]]]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], [(0, 1), None]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], [(0,)]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], [(0, -1)]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], 5),
         lambda m: m.set_io_engine("uring"),
         lambda m: m.set_io_engine(None),
         lambda m: m.set_io_threads(-1),

@@ -269,6 +269,43 @@ def _get_io_pool(workers: int) -> ThreadPoolExecutor:
         return _io_pool
 
 
+def _checksum_ranges(ranges: Any, n: int) -> list[tuple[int, int] | None] | None:
+    if ranges is None:
+        return None
+    ranges = _sequence(ranges, "io_batch", "checksum_ranges", "(start, length) pairs or None")
+    if len(ranges) != n:
+        raise ValueError(
+            f"io_batch(): checksum_ranges must have one entry per op, got {len(ranges)} for {n} ops")
+    out: list[tuple[int, int] | None] = []
+    for i, pair in enumerate(ranges):
+        if pair is None:
+            out.append(None)
+            continue
+        arg = f"checksum_ranges[{i}]"
+        pair = _sequence(pair, "io_batch", arg, "int")
+        if len(pair) != 2:
+            raise ValueError(f"io_batch(): {arg} must be a (start, length) pair")
+        out.append((_nonnegative_index(pair[0], "io_batch", arg),
+                    _nonnegative_index(pair[1], "io_batch", arg)))
+    return out
+
+
+def _checksum_views(views: list[memoryview], start: int, length: int) -> int:
+    """XXH3-64 of bytes [start, start + length) of the views laid end to end."""
+    state = xxhash.xxh3_64()
+    for view in views:
+        if length == 0:
+            break
+        if start >= view.nbytes:
+            start -= view.nbytes
+            continue
+        part = view[start:start + length]
+        state.update(part)
+        length -= part.nbytes
+        start = 0
+    return state.intdigest()
+
+
 def _io_run(write: bool, ops: list[tuple[int, int, list[memoryview]]]) -> list[int]:
     """Runs the ops on io_threads() threads, the caller included (as csrc/io.cpp)."""
     results = [0] * len(ops)
@@ -298,8 +335,13 @@ def _io_run(write: bool, ops: list[tuple[int, int, list[memoryview]]]) -> list[i
     return results
 
 
-def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any) -> list[int]:
-    """Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or -errno."""
+def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any,
+             checksum_ranges: Any = None) -> list[int] | tuple[list[int], list[int | None]]:
+    """Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or -errno.
+
+    With ``checksum_ranges`` (per op a ``(start, length)`` pair or None), returns ``(results,
+    checksums)``: XXH3-64 of bytes ``[start, start + length)`` of op i's transfer, or None
+    where not asked or not all moved (the native backend hashes each op as it completes)."""
     _apply_io_engine_env()
     write = bool(write)
     fds = _sequence(fds, "io_batch", "fds", "int")
@@ -324,7 +366,12 @@ def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any) -> list[int]:
                 views.append(_byte_view(buf, not write, "io_batch", f"buffers[{i}][{j}]"))
                 held.append(views[-1])
             ops.append((fd, offset, views))
-        return _io_run(write, ops)
+        ranges = _checksum_ranges(checksum_ranges, n)
+        results = _io_run(write, ops)
+        if ranges is None:
+            return results
+        return results, [None if r is None or results[i] < r[0] + r[1]
+                          else _checksum_views(ops[i][2], *r) for i, r in enumerate(ranges)]
     finally:
         for view in held:
             view.release()

@@ -24,6 +24,12 @@ true, else ``preadv``, with all ops in flight at once and the GIL released.
   reaches end of file) or ``-errno`` if the op failed, also after moving some bytes.
   EINTR is retried and short transfers are continued.  I/O errors never raise; bad
   arguments do, with the same errors as copy() (e.g. TypeError for a read-only buffer).
+* ``checksum_ranges`` (optional, one entry per op: a ``(start, length)`` pair or None): then
+  the result is ``(results, checksums)``, where ``checksums[i]`` is the XXH3-64 of bytes
+  ``[start, start + length)`` of op i's transfer (its buffers laid end to end), or None where
+  no range was given or the op moved fewer than ``start + length`` bytes.  The native engine
+  hashes each op on the thread that completes it while the rest of the batch is in flight,
+  so verifying a read overlaps the reads still out (the disk tier checks pages this way).
 * Engines: ``"io_uring"`` (native only; raw syscalls, one ring per calling thread) where the
   kernel allows it, else ``"threads"`` (a pool of ``io_threads()`` threads, caller included,
   running preadv/pwritev).  ``io_engine()`` says which one is live; ``set_io_engine()`` or
@@ -123,7 +129,7 @@ copy_threshold: Callable[[], int] = _impl.copy_threshold
 # Disk I/O (see the module docstring).
 DIRECT_IO_ALIGNMENT = 4096
 """Alignment in bytes of O_DIRECT buffer addresses, sizes and file offsets."""
-io_batch: Callable[[Any, Any, Any, Any], list[int]] = _impl.io_batch
+io_batch: Callable[..., Any] = _impl.io_batch
 """Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or -errno."""
 io_engine: Callable[[], str] = _impl.io_engine
 """The engine io_batch uses now: 'io_uring' or 'threads'."""

@@ -25,7 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import lmdb
 
@@ -330,8 +330,10 @@ class DiskTier:
         header and checksum; ``False`` for any page that is short, unreadable, does not decode
         or does not verify.
 
-        Chunks of the batch are read concurrently on the submit threads; each is verified as
-        soon as it lands, so hashing overlaps with the reads still in flight.
+        Chunks of the batch are read concurrently on the submit threads. A page stored as it
+        is gets hashed by the native I/O engine the moment its read completes, so hashing
+        overlaps with the reads still in flight; a compressed page is decoded and hashed as
+        soon as its chunk lands.
         """
         staging = _Staging([d.nbytes for d in dsts], self.direct_io)
         count = len(dsts)
@@ -340,29 +342,31 @@ class DiskTier:
         pending = []
         for first in range(0, count, step):
             chunk = range(first, min(first + step, count))
-            fds, offsets, iovecs, expected = [], [], [], []
+            fds, offsets, iovecs, expected, ranges = [], [], [], [], []
             for i in chunk:
                 fd, offset = self._location(slots[i])
                 if formats[i] is None:
                     iov = staging.payload_iovecs(i, dsts[i], for_write=False)
+                    ranges.append((HEADER_BLOCK, dsts[i].nbytes))  # the page's own bytes
                 else:
                     iov = [staging.scratch(i, formats[i].stored_len)]
+                    ranges.append(None)  # hashed after decoding
                 fds.append(fd)
                 offsets.append(offset)
                 iovecs.append([staging.header(i), *iov])
                 expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
-            args = (False, fds, offsets, iovecs)
+            args = (False, fds, offsets, iovecs, ranges)
             future = self._submitter().submit(_timed_io, *args) if step < count else None
             pending.append((chunk, expected, future, args))
         ok: list[bool] = []
         failures: list[int] = []
         spans: list[tuple[float, float]] = []
         for chunk, expected, future, args in pending:
-            results, span = future.result() if future is not None else _timed_io(*args)
+            (results, sums), span = future.result() if future is not None else _timed_io(*args)
             spans.append(span)
-            for i, got, want in zip(chunk, results, expected):
+            for i, got, want, payload_sum in zip(chunk, results, expected, sums):
                 good = got == want and self._finish_read(staging, i, keys[i], dsts[i], checksums[i],
-                                                         formats[i])
+                                                         formats[i], payload_sum)
                 ok.append(good)
                 if got < 0:
                     failures.append(got)
@@ -372,14 +376,18 @@ class DiskTier:
         return ok
 
     def _finish_read(self, staging: "_Staging", i: int, key: bytes, dst: memoryview, checksum: int,
-                     expected: PageFormat | None) -> bool:
-        """Check the header against what the index says, decode, verify the checksum."""
+                     expected: PageFormat | None, payload_sum: int | None) -> bool:
+        """Check the header against what the index says, decode, verify the checksum (of a
+        page stored as it is: ``payload_sum``, hashed by the I/O engine)."""
         fmt = parse_header(staging.header(i), key, dst.nbytes, checksum)
         if fmt is None or (fmt.codec, fmt.stored_len) != ((CODEC_NONE, dst.nbytes) if expected is None
                                                           else (expected.codec, expected.stored_len)):
             return False
         if expected is None:
+            if payload_sum != checksum:
+                return False
             staging.finish_read(i, dst)
+            return True
         else:
             try:
                 self.codec.decode_into(fmt.codec, staging.scratch(i, fmt.stored_len)[:fmt.stored_len],
@@ -533,11 +541,13 @@ class _Staging:
             native.copy(buf[buf.nbytes - rest:], self._view[start:start + rest])
 
 
-def _timed_io(write: bool, fds: list[int], offsets: list[int],
-              iovecs: list[list[memoryview]]) -> tuple[list[int], tuple[float, float]]:
-    """``native.io_batch`` plus the ``(start, end)`` of the transfer, for bandwidth figures."""
+def _timed_io(write: bool, fds: list[int], offsets: list[int], iovecs: list[list[memoryview]],
+              checksum_ranges: list[tuple[int, int] | None] | None = None,
+              ) -> tuple[Any, tuple[float, float]]:
+    """``native.io_batch`` (with ``checksum_ranges``: its ``(results, checksums)``) plus the
+    ``(start, end)`` of the transfer, for bandwidth figures."""
     start = time.perf_counter()
-    results = native.io_batch(write, fds, offsets, iovecs)
+    results = native.io_batch(write, fds, offsets, iovecs, checksum_ranges)
     return results, (start, time.perf_counter())
 
 
