@@ -161,27 +161,50 @@ void apply_io_engine_env() {
   g_io_engine_set = true;
 }
 
-// What io_batch's completion hook needs: the iovecs as they were before the
-// transfer consumed them, and per op the byte range to hash (or none).
-struct IoChecksums {
+// What io_batch's completion hook does with a finished op: hash a byte range of
+// its transfer, then copy a byte range out of it into another buffer.  It needs
+// the iovecs as they were before the transfer consumed them.
+struct IoCompletion {
   const kvtier::IoOp* ops;
   const std::vector<iovec>* iov;  // the original iovecs
   const std::vector<std::size_t>* first;
-  std::vector<std::size_t> skip, length;
+  std::vector<std::size_t> skip, length;  // checksum ranges
   std::vector<char> wanted, valid;
   std::vector<std::uint64_t> value;
+  // copy_out: per op, (start in the transfer, destination) pairs, in order
+  std::vector<std::vector<std::pair<std::size_t, kvtier::ByteView*>>> copies;
 
   static void on_done(void* self, std::size_t i) noexcept {
-    auto& c = *static_cast<IoChecksums*>(self);
-    if (!c.wanted[i] || c.ops[i].result < static_cast<std::int64_t>(c.skip[i] + c.length[i])) return;
-    const std::size_t at = (*c.first)[i];
-    c.valid[i] = kvtier::checksum_iov(c.iov->data() + at, (*c.first)[i + 1] - at, c.skip[i],
-                                      c.length[i], &c.value[i]);
+    auto& c = *static_cast<IoCompletion*>(self);
+    const std::int64_t moved = c.ops[i].result;
+    const iovec* iov = c.iov->data() + (*c.first)[i];
+    const std::size_t iovcnt = (*c.first)[i + 1] - (*c.first)[i];
+    if (!c.wanted.empty() && c.wanted[i] &&
+        moved >= static_cast<std::int64_t>(c.skip[i] + c.length[i])) {
+      c.valid[i] = kvtier::checksum_iov(iov, iovcnt, c.skip[i], c.length[i], &c.value[i]);
+    }
+    if (c.copies.empty()) return;
+    for (const auto& [from, to] : c.copies[i]) {
+      if (moved < static_cast<std::int64_t>(from + to->size())) continue;
+      auto* dst = static_cast<char*>(to->data());
+      std::size_t skip = from, left = to->size();
+      for (std::size_t k = 0; k < iovcnt && left > 0; ++k) {
+        if (skip >= iov[k].iov_len) {
+          skip -= iov[k].iov_len;
+          continue;
+        }
+        const std::size_t take = std::min(left, iov[k].iov_len - skip);
+        std::memcpy(dst, static_cast<const char*>(iov[k].iov_base) + skip, take);
+        dst += take;
+        left -= take;
+        skip = 0;
+      }
+    }
   }
 };
 
 py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets_obj,
-                    py::handle buffers_obj, py::handle ranges_obj) {
+                    py::handle buffers_obj, py::handle ranges_obj, py::handle copy_obj) {
   apply_io_engine_env();
   const int write = PyObject_IsTrue(write_obj.ptr());
   if (write < 0) throw py::error_already_set();
@@ -223,7 +246,8 @@ py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets
   }
   first[ops.size()] = iov.size();
   const bool hashing = !ranges_obj.is_none();
-  IoChecksums sums{ops.data(), nullptr, &first, {}, {}, {}, {}, {}};
+  const bool copying = !copy_obj.is_none();
+  IoCompletion sums{ops.data(), nullptr, &first, {}, {}, {}, {}, {}, {}};
   std::vector<iovec> original;
   if (hashing) {
     const py::tuple ranges =
@@ -254,6 +278,40 @@ py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets
       sums.length[k] = size_arg(PyTuple_GET_ITEM(pair.ptr(), 1), "io_batch", arg);
       sums.wanted[k] = 1;
     }
+  }
+  if (copying) {
+    const py::tuple copies =
+        sequence_arg(copy_obj, "io_batch", "copy_out", "sequences of (start, buffer) pairs");
+    if (PyTuple_GET_SIZE(copies.ptr()) != n) {
+      PyErr_Format(PyExc_ValueError,
+                   "io_batch(): copy_out must have one entry per op, got %zd for %zd ops",
+                   PyTuple_GET_SIZE(copies.ptr()), n);
+      throw py::error_already_set();
+    }
+    sums.copies.resize(static_cast<std::size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* entry = PyTuple_GET_ITEM(copies.ptr(), i);
+      if (entry == Py_None) continue;
+      std::snprintf(arg, sizeof arg, "copy_out[%zd]", i);
+      const py::tuple pairs = sequence_arg(entry, "io_batch", arg, "(start, buffer) pairs");
+      for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(pairs.ptr()); ++j) {
+        std::snprintf(arg, sizeof arg, "copy_out[%zd][%zd]", i, j);
+        const py::tuple pair =
+            sequence_arg(PyTuple_GET_ITEM(pairs.ptr(), j), "io_batch", arg, "(start, buffer)");
+        if (PyTuple_GET_SIZE(pair.ptr()) != 2) {
+          PyErr_Format(PyExc_ValueError, "io_batch(): %s must be a (start, buffer) pair", arg);
+          throw py::error_already_set();
+        }
+        const std::size_t from = size_arg(PyTuple_GET_ITEM(pair.ptr(), 0), "io_batch", arg);
+        kvtier::ByteView& view = views.emplace_back();
+        if (!view.acquire(PyTuple_GET_ITEM(pair.ptr(), 1), /*writable=*/true, "io_batch", arg)) {
+          throw py::error_already_set();
+        }
+        sums.copies[static_cast<std::size_t>(i)].emplace_back(from, &view);
+      }
+    }
+  }
+  if (hashing || copying) {
     original = iov;  // the transfer advances iov in place
     sums.iov = &original;
   }
@@ -263,8 +321,8 @@ py::object io_batch(py::handle write_obj, py::handle fds_obj, py::handle offsets
   }
   {
     py::gil_scoped_release nogil;
-    kvtier::io_run(write != 0, ops.data(), ops.size(), hashing ? &IoChecksums::on_done : nullptr,
-                   &sums);  // noexcept
+    kvtier::io_run(write != 0, ops.data(), ops.size(),
+                   hashing || copying ? &IoCompletion::on_done : nullptr, &sums);  // noexcept
   }
   auto out = py::reinterpret_steal<py::object>(PyList_New(n));
   if (!out) throw py::error_already_set();
@@ -494,11 +552,15 @@ PYBIND11_MODULE(_native, m) {
   // Batched file I/O for the disk tier (csrc/io.h).
   m.def("io_batch", &io_batch, py::arg("write"), py::arg("fds"), py::arg("offsets"),
         py::arg("buffers"), py::arg("checksum_ranges") = py::none(),
-        "io_batch(write, fds, offsets, buffers, checksum_ranges=None)\n--\n\n"
+        py::arg("copy_out") = py::none(),
+        "io_batch(write, fds, offsets, buffers, checksum_ranges=None, copy_out=None)\n--\n\n"
         "Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or "
         "-errno.  With checksum_ranges (per op a (start, length) pair or None), returns "
         "(results, checksums): XXH3-64 of bytes [start, start + length) of op i's transfer, "
-        "hashed as op i completes, or None where not asked or not all moved.");
+        "hashed as op i completes, or None where not asked or not all moved.  With copy_out "
+        "(per op a sequence of (start, buffer) pairs, or None), bytes [start, start + "
+        "len(buffer)) of op i's transfer are copied into each buffer as op i completes "
+        "(after its checksum), where it moved that many.");
   m.def(
       "io_engine",
       [] {

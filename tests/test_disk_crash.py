@@ -33,7 +33,8 @@ from kvtier import native
 from kvtier.codec import decode_into
 from kvtier.config import DiskTierConfig
 from kvtier.errors import TierInUseError
-from kvtier.tiers.disk import ALIGN, DATA_FILE, INDEX_DIR
+from kvtier.tiers.disk import DATA_FILE, INDEX_DIR
+from kvtier.tiers.staging import ALIGN
 from kvtier.tiers.disk_index import DiskIndex, DiskRecord
 from kvtier.tiers.pageformat import FORMAT_VERSION, HEADER_BLOCK, parse_header
 

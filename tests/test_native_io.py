@@ -203,6 +203,55 @@ def test_checksum_ranges_hash_each_op_as_it_completes(io: ModuleType, tmp_path: 
     assert io.io_batch(False, [], [], [], []) == ([], [])
 
 
+def test_copy_out_copies_a_span_of_each_completed_op(io: ModuleType, tmp_path: Path) -> None:
+    """copy_out: bytes [start, start + len(dst)) of op i's transfer land in each of its dsts
+    once op i is done (across its buffers, after its checksum); nothing where the op failed or
+    came up short."""
+    import xxhash
+
+    data = _payload(64 * 1024, seed=13)
+    path = tmp_path / "copy.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    rng = np.random.default_rng(14)
+    try:
+        n = 150
+        offsets = [int(rng.integers(0, 32 * 1024)) for _ in range(n)]
+        buffers = [[bytearray(int(rng.integers(1, 3000))) for _ in range(3)] for _ in range(n)]
+        copies: list = []
+        for bufs in buffers:
+            total = sum(len(b) for b in bufs)
+            pairs = []
+            for _ in range(int(rng.integers(0, 3))):
+                start = int(rng.integers(0, total))
+                pairs.append((start, bytearray(int(rng.integers(0, total - start + 1)))))
+            copies.append(pairs)
+        copies[5] = None
+        offsets += [len(data) - 10, 0]  # short (10 of 100 bytes), bad fd
+        buffers += [[bytearray(100)], [bytearray(8)]]
+        copies += [[(0, bytearray(b"\xee" * 20)), (2, bytearray(b"\xee" * 8))],
+                   [(0, bytearray(b"\xee" * 8))]]
+        fds = [fd] * (n + 2)
+        fds[n + 1] = -1
+        ranges = [(c[0][0], len(c[0][1])) if c else None for c in copies]
+        results, sums = io.io_batch(False, fds, offsets, buffers, ranges, copies)
+        assert io.io_batch(False, fds[:1], offsets[:1], buffers[:1], None, copies[:1]) == results[:1]
+    finally:
+        os.close(fd)
+    for offset, bufs, pairs, got, digest in zip(offsets[:n], buffers, copies, results, sums):
+        assert got == sum(len(b) for b in bufs)
+        for start, dst in pairs or ():
+            assert dst == data[offset + start:offset + start + len(dst)]
+        if pairs:
+            assert digest == xxhash.xxh3_64_intdigest(bytes(pairs[0][1]))
+    assert results[n:] == [10, -errno.EBADF]
+    assert copies[n][0][1] == b"\xee" * 20  # short: untouched
+    assert copies[n][1][1] == data[-8:]  # bytes [2, 10) of the 10 moved
+    assert copies[n + 1][0][1] == b"\xee" * 8
+    with pytest.raises(TypeError, match=r"copy_out\[0\]\[0\] is read-only"):
+        io.io_batch(False, [0], [0], [[bytearray(1)]], None, [[(0, b"ro")]])
+
+
 def test_io_errors_come_back_as_negative_errno(io: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(b"x" * 100)
@@ -401,6 +450,13 @@ def _bad_calls() -> list[Callable[[ModuleType], object]]:
         lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], [(0,)]),
         lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], [(0, -1)]),
         lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], 5),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [None, None]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [[(0,)]]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [[(-1, bytearray(1))]]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [[(0, b"ro")]]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [[(0, "x")]]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [(0, bytearray(1))]),
+        lambda m: m.io_batch(False, [0], [0], [[bytearray(1)]], None, [b"x"]),
         lambda m: m.set_io_engine("uring"),
         lambda m: m.set_io_engine(None),
         lambda m: m.set_io_threads(-1),

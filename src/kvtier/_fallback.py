@@ -290,6 +290,45 @@ def _checksum_ranges(ranges: Any, n: int) -> list[tuple[int, int] | None] | None
     return out
 
 
+def _copy_out(copies: Any, n: int, held: list[memoryview]) -> list[list[tuple[int, memoryview]]] | None:
+    if copies is None:
+        return None
+    copies = _sequence(copies, "io_batch", "copy_out", "sequences of (start, buffer) pairs")
+    if len(copies) != n:
+        raise ValueError(
+            f"io_batch(): copy_out must have one entry per op, got {len(copies)} for {n} ops")
+    out: list[list[tuple[int, memoryview]]] = []
+    for i, entry in enumerate(copies):
+        out.append([])
+        if entry is None:
+            continue
+        for j, pair in enumerate(_sequence(entry, "io_batch", f"copy_out[{i}]", "(start, buffer) pairs")):
+            arg = f"copy_out[{i}][{j}]"
+            pair = _sequence(pair, "io_batch", arg, "(start, buffer)")
+            if len(pair) != 2:
+                raise ValueError(f"io_batch(): {arg} must be a (start, buffer) pair")
+            start = _nonnegative_index(pair[0], "io_batch", arg)
+            view = _byte_view(pair[1], True, "io_batch", arg)
+            held.append(view)
+            out[-1].append((start, view))
+    return out
+
+
+def _copy_views(dst: memoryview, views: list[memoryview], start: int) -> None:
+    """Copy bytes [start, start + len(dst)) of the views laid end to end into dst."""
+    at = 0
+    for view in views:
+        if at == dst.nbytes:
+            break
+        if start >= view.nbytes:
+            start -= view.nbytes
+            continue
+        part = view[start:start + dst.nbytes - at]
+        dst[at:at + part.nbytes] = part
+        at += part.nbytes
+        start = 0
+
+
 def _checksum_views(views: list[memoryview], start: int, length: int) -> int:
     """XXH3-64 of bytes [start, start + length) of the views laid end to end."""
     state = xxhash.xxh3_64()
@@ -335,13 +374,16 @@ def _io_run(write: bool, ops: list[tuple[int, int, list[memoryview]]]) -> list[i
     return results
 
 
-def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any,
-             checksum_ranges: Any = None) -> list[int] | tuple[list[int], list[int | None]]:
+def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any, checksum_ranges: Any = None,
+             copy_out: Any = None) -> list[int] | tuple[list[int], list[int | None]]:
     """Run op i as preadv/pwritev(fds[i], buffers[i], offsets[i]), all at once; bytes or -errno.
 
     With ``checksum_ranges`` (per op a ``(start, length)`` pair or None), returns ``(results,
     checksums)``: XXH3-64 of bytes ``[start, start + length)`` of op i's transfer, or None
-    where not asked or not all moved (the native backend hashes each op as it completes)."""
+    where not asked or not all moved (the native backend hashes each op as it completes).
+    With ``copy_out`` (per op a sequence of ``(start, buffer)`` pairs, or None), bytes
+    ``[start, start + len(buffer))`` of op i's transfer are then copied into each buffer, where
+    it moved that many."""
     _apply_io_engine_env()
     write = bool(write)
     fds = _sequence(fds, "io_batch", "fds", "int")
@@ -367,11 +409,16 @@ def io_batch(write: Any, fds: Any, offsets: Any, buffers: Any,
                 held.append(views[-1])
             ops.append((fd, offset, views))
         ranges = _checksum_ranges(checksum_ranges, n)
+        copies = _copy_out(copy_out, n, held)
         results = _io_run(write, ops)
-        if ranges is None:
-            return results
-        return results, [None if r is None or results[i] < r[0] + r[1]
-                          else _checksum_views(ops[i][2], *r) for i, r in enumerate(ranges)]
+        sums = None if ranges is None else [
+            None if r is None or results[i] < r[0] + r[1] else _checksum_views(ops[i][2], *r)
+            for i, r in enumerate(ranges)]
+        for i, pairs in enumerate(copies or ()):
+            for start, dst in pairs:
+                if results[i] >= start + dst.nbytes:
+                    _copy_views(dst, ops[i][2], start)
+        return results if sums is None else (results, sums)
     finally:
         for view in held:
             view.release()

@@ -116,21 +116,72 @@ class TierMoves:
             self._disk_reads[entry.key] = time.time()  # persisted at close
 
     def _read_disk(self, positions: list[int], found: list, outs: list[memoryview] | None,
-                   outcomes: list[bool | None], results: list[memoryview | None]) -> None:
+                   outcomes: list[bool | None], results: list[memoryview | None], *,
+                   promote: bool) -> None:
         """Read the disk hits at ``positions`` in one batch (into aligned fresh buffers when
-        the caller gave none, so O_DIRECT lands in them without a bounce)."""
+        the caller gave none, so O_DIRECT lands in them without a bounce). With ``promote``,
+        host slots are reserved first and the I/O engine copies each page into its slot as
+        the page's read completes, so promotion overlaps the rest of the batch; the slots are
+        published once the pages verify."""
         entries = [found[i][0] for i in positions]
         dsts = [outs[i] if outs is not None else aligned_buffer(e.nbytes)
                 for i, e in zip(positions, entries)]
-        ok = self._engine.run(DISK_READS, sum(e.nbytes for e in entries), self._disk.read_many,
-                              [e.location for e in entries], [e.key for e in entries], dsts,
-                              [e.checksum for e in entries])
+        slots = self._reserve_promotions(entries) if promote else {}
+        ok: list[bool] = []
+        try:
+            ok = self._engine.run(
+                DISK_READS, sum(e.nbytes for e in entries), self._disk.read_many,
+                [e.location for e in entries], [e.key for e in entries], dsts,
+                [e.checksum for e in entries],
+                [slots[id(e)][1] if id(e) in slots else None for e in entries] if slots else None)
+        finally:
+            if slots:
+                self._settle_promotions(entries, ok, slots)
         wall = time.time()
         for i, entry, dst, good in zip(positions, entries, dsts, ok):
             outcomes[i] = good
             if good:
                 results[i] = dst
                 self._disk_reads[entry.key] = wall
+
+    def _reserve_promotions(self, entries: list[Entry]) -> dict[int, tuple[Reservation, memoryview]]:
+        """Host slots for the disk ``entries`` about to be read, by ``id(entry)``: a page
+        already in the host tier (a newer version) or with no room left gets none."""
+        host, hindex = self._first_tier, self._first_index
+        try:
+            self._make_room(len(entries))  # write-back: demote host victims first
+        except StoreClosedError:
+            return {}
+        slots: dict[int, tuple[Reservation, memoryview]] = {}
+        with self._lock:
+            if self._closed:
+                return {}
+            now = self._clock()
+            for entry in entries:
+                if entry.key in hindex.entries or id(entry) in slots:
+                    continue
+                reservation = hindex.reserve(entry.key, entry.nbytes, now, False)
+                if reservation is not None:
+                    slots[id(entry)] = (reservation, host.slot_view(reservation.location, entry.nbytes))
+        return slots
+
+    def _settle_promotions(self, entries: list[Entry], ok: list[bool],
+                           slots: dict[int, tuple[Reservation, memoryview]]) -> None:
+        """Publish the promoted copies of pages that read back intact; free the other slots.
+        The disk copy stays (inclusive), so evicting the page again writes nothing."""
+        hindex = self._first_index
+        verify = self._first_tier.verify
+        with self._lock:
+            for i, entry in enumerate(entries):
+                held = slots.pop(id(entry), None)
+                if held is None:
+                    continue
+                reservation, _ = held
+                if i < len(ok) and ok[i] and entry.live and entry.key not in hindex.entries:
+                    hindex.publish(entry.key, reservation, entry.nbytes, entry.deadline,
+                                   entry.ttl_s, entry.checksum if verify else None)
+                else:
+                    hindex.abort(reservation)
 
     def _forget_disk_page(self, entry: Entry) -> None:
         """A page left the disk tier: delete its index record (before the slot is reused)."""

@@ -30,6 +30,11 @@ true, else ``preadv``, with all ops in flight at once and the GIL released.
   no range was given or the op moved fewer than ``start + length`` bytes.  The native engine
   hashes each op on the thread that completes it while the rest of the batch is in flight,
   so verifying a read overlaps the reads still out (the disk tier checks pages this way).
+* ``copy_out`` (optional, one entry per op: a sequence of ``(start, buffer)`` pairs, or None):
+  bytes ``[start, start + len(buffer))`` of op i's transfer are copied into each writable
+  buffer once op i is done (after its checksum), where it moved that many bytes; others are
+  left alone.  The disk tier uses it to land pages that bounced through aligned scratch memory
+  in the caller's buffer, and to promote pages into the host tier, during the batch.
 * Engines: ``"io_uring"`` (native only; raw syscalls, one ring per calling thread) where the
   kernel allows it, else ``"threads"`` (a pool of ``io_threads()`` threads, caller included,
   running preadv/pwritev).  ``io_engine()`` says which one is live; ``set_io_engine()`` or

@@ -207,7 +207,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             out: a writable C-contiguous buffer (bytearray, numpy array, CPU torch tensor, ...)
                 whose size in bytes equals the stored page's; ``BufferSizeError`` otherwise.
                 A contiguous CUDA tensor is filled asynchronously: later work on the current
-                stream sees the page (docs/gpu.md).
+                stream sees the page (docs/gpu.md). Use its bytes only on ``True``: a disk
+                read that fails verification may have landed in it first.
         """
         timings = self._timings
         start = _timer() if timings is not None else 0.0
@@ -531,8 +532,9 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                     results[i] = dst
             if host_bytes >= _TIMED_BYTES:
                 self._engine.record(HOST_READS, host_bytes, time.perf_counter() - start)
-            if lower:
-                self._read_disk(lower, found, outs, outcomes, results)
+            if lower:  # promoted into the host tier during the read (movement.py)
+                self._read_disk(lower, found, outs, outcomes, results,
+                                promote=promote if promote is not None else self.config.disk.promote_on_read)
             if remote_at:
                 remote_reads = self._read_remote(remote_at, keys, outs)
         finally:
@@ -552,9 +554,6 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 self._end_copy()
         if remote_reads is not None:
             self._after_remote_hits(keys, remote_at, remote_reads, outs, count, promote)
-        if lower and (promote if promote is not None else self.config.disk.promote_on_read):
-            self._promote([(keys[i], results[i], found[i][0], found[i][0].deadline, found[i][0].ttl_s)
-                           for i in lower if outcomes[i]])
         return results
 
     def _locate(self, key: BlockKey, now: float) -> tuple[Entry, TierIndex, Tier] | None:

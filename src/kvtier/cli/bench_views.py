@@ -8,7 +8,7 @@ from rich.table import Table
 
 from ..bench.disk import DiskBenchResult
 from ..bench.host import HostBenchResult
-from ..bench.peers import LABELS, MEASURES as PEER_MEASURES, PeersBenchResult
+from ..bench.peers import MEASURES as PEER_MEASURES, PeersBenchResult
 from ..bench.workload import WorkloadResult
 from ..config import format_size
 

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import json
 import math
-import mmap
 import os
 import threading
 import time
@@ -36,19 +35,15 @@ from ..errors import ConfigError, TierInUseError
 from ..keys import BlockKey
 from .base import TierCapabilities
 from .disk_index import DiskIndex, DiskRecord
+from .staging import SHARED_MAPS, Staging, align_up
 from .pageformat import FORMAT_VERSION, HEADER_BLOCK, PageFormat, pack_header, parse_header
 
-ALIGN = 4096
 DATA_FILE = "slots.dat"
 LOCK_FILE = "kvtier.lock"
 STRIPE_FILE = "stripe.json"
 INDEX_DIR = "index"
 _FREE_SPACE_CACHE_S = 0.5
 _PIPELINE = 4  # chunks a write batch is cut into, to overlap hashing with I/O
-
-
-def align_up(n: int) -> int:
-    return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
 class DiskTier:
@@ -246,7 +241,7 @@ class DiskTier:
         (on the submit threads, GIL released), this thread hashes and encodes the next, so that
         work hides behind I/O instead of adding to it.
         """
-        staging = _Staging([s.nbytes for s in srcs], self.direct_io)
+        staging = Staging([s.nbytes for s in srcs], SHARED_MAPS)
         count = len(srcs)
         step = max(1, -(-count // _PIPELINE))
         codec = self.codec.pick()
@@ -288,6 +283,7 @@ class DiskTier:
                 else:
                     stored.append(None)
                     failures.append(got)
+        staging.release()  # every chunk is done
         self.codec.observe_io(True, sum(sum(e) for _, e, _ in pending), _busy_seconds(spans))
         if failures:
             self._count_failures(failures)
@@ -325,37 +321,45 @@ class DiskTier:
             return self._submit_pool
 
     def read_many(self, slots: Sequence[int], keys: Sequence[bytes], dsts: Sequence[memoryview],
-                  checksums: Sequence[int]) -> list[bool]:
+                  checksums: Sequence[int],
+                  also: Sequence[memoryview | None] | None = None) -> list[bool]:
         """Read pages into ``dsts`` (each exactly the stored length), decode them and verify
         header and checksum; ``False`` for any page that is short, unreadable, does not decode
-        or does not verify.
+        or does not verify. ``also[i]``, if given, gets a second copy of page ``i`` (a host
+        slot it is promoted into), made while the rest of the batch is in flight; it holds
+        the page only where the result is ``True``.
 
         Chunks of the batch are read concurrently on the submit threads. A page stored as it
-        is gets hashed by the native I/O engine the moment its read completes, so hashing
-        overlaps with the reads still in flight; a compressed page is decoded and hashed as
-        soon as its chunk lands.
+        is gets hashed by the native I/O engine the moment its read completes (and its bounced
+        part, for a buffer not aligned for O_DIRECT, copied into place), so that work overlaps
+        the reads still in flight; a compressed page is decoded and hashed as soon as its
+        chunk lands. A page that fails may have been written into its ``dst`` regardless.
         """
-        staging = _Staging([d.nbytes for d in dsts], self.direct_io)
+        staging = Staging([d.nbytes for d in dsts], SHARED_MAPS)
         count = len(dsts)
         step = count if count < 2 * _PIPELINE else -(-count // _PIPELINE)
         formats = [self._formats.get(slot) for slot in slots]
         pending = []
         for first in range(0, count, step):
             chunk = range(first, min(first + step, count))
-            fds, offsets, iovecs, expected, ranges = [], [], [], [], []
+            fds, offsets, iovecs, expected, ranges, copies = [], [], [], [], [], []
             for i in chunk:
                 fd, offset = self._location(slots[i])
                 if formats[i] is None:
                     iov = staging.payload_iovecs(i, dsts[i], for_write=False)
                     ranges.append((HEADER_BLOCK, dsts[i].nbytes))  # the page's own bytes
+                    copies.append(staging.copy_out(i, dsts[i]))  # a bounced part, if any
+                    if also is not None and also[i] is not None:
+                        copies[-1].append((HEADER_BLOCK, also[i]))
                 else:
                     iov = [staging.scratch(i, formats[i].stored_len)]
                     ranges.append(None)  # hashed after decoding
+                    copies.append(None)
                 fds.append(fd)
                 offsets.append(offset)
                 iovecs.append([staging.header(i), *iov])
                 expected.append(HEADER_BLOCK + sum(v.nbytes for v in iov))
-            args = (False, fds, offsets, iovecs, ranges)
+            args = (False, fds, offsets, iovecs, ranges, copies)
             future = self._submitter().submit(_timed_io, *args) if step < count else None
             pending.append((chunk, expected, future, args))
         ok: list[bool] = []
@@ -367,15 +371,18 @@ class DiskTier:
             for i, got, want, payload_sum in zip(chunk, results, expected, sums):
                 good = got == want and self._finish_read(staging, i, keys[i], dsts[i], checksums[i],
                                                          formats[i], payload_sum)
+                if good and formats[i] is not None and also is not None and also[i] is not None:
+                    native.copy(also[i], dsts[i])  # decoded here, not by the I/O engine
                 ok.append(good)
                 if got < 0:
                     failures.append(got)
+        staging.release()  # every chunk is done
         self.codec.observe_io(False, sum(sum(e) for _, e, _, _ in pending), _busy_seconds(spans))
         if failures:
             self._count_failures(failures)
         return ok
 
-    def _finish_read(self, staging: "_Staging", i: int, key: bytes, dst: memoryview, checksum: int,
+    def _finish_read(self, staging: Staging, i: int, key: bytes, dst: memoryview, checksum: int,
                      expected: PageFormat | None, payload_sum: int | None) -> bool:
         """Check the header against what the index says, decode, verify the checksum (of a
         page stored as it is: ``payload_sum``, hashed by the I/O engine)."""
@@ -383,11 +390,8 @@ class DiskTier:
         if fmt is None or (fmt.codec, fmt.stored_len) != ((CODEC_NONE, dst.nbytes) if expected is None
                                                           else (expected.codec, expected.stored_len)):
             return False
-        if expected is None:
-            if payload_sum != checksum:
-                return False
-            staging.finish_read(i, dst)
-            return True
+        if expected is None:  # hashed, and a bounced part copied into dst, by the I/O engine
+            return payload_sum == checksum
         else:
             try:
                 self.codec.decode_into(fmt.codec, staging.scratch(i, fmt.stored_len)[:fmt.stored_len],
@@ -491,63 +495,14 @@ class DiskTier:
                     self.io_errors += 1
 
 
-class _Staging:
-    """Aligned scratch memory for one batch: a header block per page, plus a bounce buffer for
-    a page whose own buffer is not aligned (or whose tail is not a whole 4096-byte block).
-    Unmapped when the last view of it goes away (the iovec lists hold views)."""
-
-    def __init__(self, sizes: list[int], direct_io: bool) -> None:
-        self._sizes = sizes
-        self._direct = direct_io
-        self._tail_at: list[int] = []
-        total = HEADER_BLOCK * len(sizes)
-        for n in sizes:
-            self._tail_at.append(total)
-            total += align_up(n)  # worst case: the whole page bounces
-        self._map = mmap.mmap(-1, max(total, ALIGN))
-        self._view = memoryview(self._map)
-        self._bounced: list[int] = [0] * len(sizes)  # bytes of the page that go through staging
-
-    def header(self, i: int) -> memoryview:
-        return self._view[i * HEADER_BLOCK:(i + 1) * HEADER_BLOCK]
-
-    def payload_iovecs(self, i: int, buf: memoryview, *, for_write: bool) -> list[memoryview]:
-        """The iovecs that move page ``i`` to/from ``buf``, aligned for O_DIRECT."""
-        n = buf.nbytes
-        direct_part = n & ~(ALIGN - 1)
-        if native.address(buf) % ALIGN:
-            direct_part = 0  # unaligned caller buffer: the whole page bounces
-        rest = n - direct_part
-        iov = [buf[:direct_part]] if direct_part else []
-        if rest:
-            start = self._tail_at[i]
-            bounce = self._view[start:start + align_up(rest)]
-            if for_write:
-                native.copy(bounce[:rest], buf[direct_part:])
-            iov.append(bounce)
-        self._bounced[i] = rest
-        return iov
-
-    def scratch(self, i: int, nbytes: int) -> memoryview:
-        """Page ``i``'s aligned bounce area, ``align_up(nbytes)`` long (a compressed payload)."""
-        start = self._tail_at[i]
-        return self._view[start:start + align_up(nbytes)]
-
-    def finish_read(self, i: int, buf: memoryview) -> None:
-        """Copy the bounced part of a read into the caller's buffer."""
-        rest = self._bounced[i]
-        if rest:
-            start = self._tail_at[i]
-            native.copy(buf[buf.nbytes - rest:], self._view[start:start + rest])
-
-
 def _timed_io(write: bool, fds: list[int], offsets: list[int], iovecs: list[list[memoryview]],
               checksum_ranges: list[tuple[int, int] | None] | None = None,
+              copy_out: list[tuple[int, memoryview] | None] | None = None,
               ) -> tuple[Any, tuple[float, float]]:
     """``native.io_batch`` (with ``checksum_ranges``: its ``(results, checksums)``) plus the
     ``(start, end)`` of the transfer, for bandwidth figures."""
     start = time.perf_counter()
-    results = native.io_batch(write, fds, offsets, iovecs, checksum_ranges)
+    results = native.io_batch(write, fds, offsets, iovecs, checksum_ranges, copy_out)
     return results, (start, time.perf_counter())
 
 
