@@ -28,7 +28,9 @@ from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchResult, SGLang
 from ..bench.workload import WorkloadSettings, run_workload, workload_steps
 from ..config import format_size, parse_duration, parse_size
 from ..errors import ConfigError, KvtierError
-from .bench_views import plot_micro, plot_peers, plot_workload, print_peers, print_workload
+from ..bench.targets import check_targets
+from .bench_views import (plot_micro, plot_peers, plot_workload, print_peers, print_targets,
+                          print_workload)
 
 err = Console(stderr=True)
 
@@ -105,6 +107,12 @@ def bench(
                                      help="Peer trials after one warm-up (median kept)."),
     peers_only: str = typer.Option(",".join(PEERS), "--peers-only",
                                    help="Which peers to run (comma-separated)."),
+    all_: bool = typer.Option(False, "--all",
+                              help="The whole showcase in one run: the workload, --micro (host and "
+                                   "disk beside their ceilings) and --peers, then the targets "
+                                   "(host ≥ 90 % of memcpy, disk ≥ 85 % of raw O_DIRECT, kvtier "
+                                   "ahead of every peer). Plots: FILE.png, FILE-micro.png, "
+                                   "FILE-peers.png (default bench*.png)."),
     micro: bool = typer.Option(False, "--micro",
                                help="Per-tier put/get throughput beside each tier's ceiling (host "
                                     "vs memcpy, disk vs raw O_DIRECT) instead of the workload."),
@@ -144,14 +152,27 @@ def bench(
     vs a raw redis-py SET/GET loop and redis-benchmark on the same server. With --sglang, only
     SGLang's HiCache L3: kvtier's backend vs HiCacheFile, durable writes and cold/warm reads.
     With --peers, only the peers: LMCache's CPU and disk backends and SGLang's HiCacheFile
-    beside kvtier on the same pages."""
+    beside kvtier on the same pages. With --all, the workload, --micro and --peers in one run,
+    then whether each target is met."""
     if gpu:
         _gpu_bench(trials, as_json, output)
         return
-    if (remote is not None) + codec + sglang + peers > 1:
-        raise typer.BadParameter("separate benchmarks: give one of --remote, --codec, --sglang, --peers")
+    if (remote is not None) + codec + sglang + peers + all_ > 1:
+        raise typer.BadParameter("separate benchmarks: give one of --remote, --codec, --sglang, "
+                                 "--peers, --all")
+    workload = WorkloadCli(model, prefill_gpu, prefill_tps, block_tokens, page_bytes, sessions, turns,
+                           trace, requests, host_capacity, disk_capacity, ttl, restore_tokens, disk_dir)
+    if all_:
+        host_settings, disk_settings = _micro_settings(page_sizes, capacity, seconds, trials,
+                                                       metadata_ops, disk_dir, disk_page_sizes,
+                                                       disk_bytes, disk_trials)
+        _all_bench(workload, host_settings, disk_settings,
+                   _peers_settings(peers_dir, peers_sizes, peers_bytes, peers_trials, peers_only),
+                   plot, as_json, output)
+        return
     if peers:
-        _peers_bench(peers_dir, peers_sizes, peers_bytes, peers_trials, peers_only, plot, as_json, output)
+        _peers_bench(_peers_settings(peers_dir, peers_sizes, peers_bytes, peers_trials, peers_only),
+                     plot, as_json, output)
         return
     if sglang:
         _sglang_bench(sglang_dir, sglang_sizes, sglang_bytes, sglang_trials, as_json, output)
@@ -164,10 +185,23 @@ def bench(
         _codec_bench(disk_dir, codec_bytes, codec_trials, disk, as_json, output)
         return
     if not micro:
-        _workload_bench(WorkloadCli(model, prefill_gpu, prefill_tps, block_tokens, page_bytes, sessions, turns,
-                                    trace, requests, host_capacity, disk_capacity, ttl,
-                                    restore_tokens, disk_dir), plot, as_json, output)
+        _workload_bench(workload, plot, as_json, output)
         return
+    settings, disk_settings = _micro_settings(page_sizes, capacity, seconds, trials, metadata_ops,
+                                              disk_dir, disk_page_sizes, disk_bytes, disk_trials)
+    result, disk_result = _run_micro(settings, disk_settings if disk else None)
+    doc = _micro_doc(result, disk_result)
+    if _emit(doc, as_json, output):
+        _print_host_table(result)
+        if disk_result is not None:
+            _print_disk_table(disk_result)
+    if plot:
+        plot_micro(result, disk_result, plot)
+
+
+def _micro_settings(page_sizes: str, capacity: str, seconds: float, trials: int, metadata_ops: int,
+                    disk_dir: Optional[str], disk_page_sizes: str, disk_bytes: str,
+                    disk_trials: int) -> tuple[HostBenchSettings, DiskBenchSettings]:
     try:
         settings = HostBenchSettings(page_sizes=_sizes(page_sizes), capacity_bytes=parse_size(capacity),
                                      seconds=seconds, trials=trials, metadata_ops=metadata_ops)
@@ -177,19 +211,57 @@ def bench(
         raise typer.BadParameter(str(exc)) from None
     if not settings.page_sizes or min(settings.page_sizes) <= 0:
         raise typer.BadParameter("--page-sizes needs at least one positive size")
+    return settings, disk_settings
+
+
+def _run_micro(settings: HostBenchSettings, disk_settings: DiskBenchSettings | None,
+               ) -> tuple[HostBenchResult, DiskBenchResult | None]:
     result = _with_progress("host tier", len(settings.page_sizes) + 1, run_host_bench, settings)
+    if disk_settings is None:
+        return result, None
+    steps = len(disk_settings.page_sizes) * len(disk_settings.batches)
+    return result, _with_progress("disk tier", steps, run_disk_bench, disk_settings)
+
+
+def _micro_doc(result: HostBenchResult, disk_result: DiskBenchResult | None) -> dict:
     doc = result.to_json()
-    disk_result = None
-    if disk:
-        steps = len(disk_settings.page_sizes) * len(disk_settings.batches)
-        disk_result = _with_progress("disk tier", steps, run_disk_bench, disk_settings)
+    if disk_result is not None:
         doc["disk"] = disk_result.to_json()
-    if _emit(doc, as_json, output):
-        _print_host_table(result)
-        if disk_result is not None:
-            _print_disk_table(disk_result)
+    return doc
+
+
+def _all_bench(workload: WorkloadCli, host_settings: HostBenchSettings,
+               disk_settings: DiskBenchSettings, peers_settings: PeersBenchSettings,
+               plot: Optional[str], as_json: bool, output: Optional[str]) -> None:
+    """``--all``: every part in one run, one JSON document, then the targets."""
+    settings = workload.settings()
+    work = _with_progress("workload", workload_steps(settings), run_workload, settings)
+    host, disk = _run_micro(host_settings, disk_settings)
+    peers = _with_progress("peers", peers_bench_steps(peers_settings), run_peers_bench, peers_settings)
+    doc = {"mode": "all", "workload": work.to_json(), "micro": _micro_doc(host, disk),
+           "peers": peers.to_json()}
+    targets = check_targets(doc)
+    doc["targets"] = [target.to_json() for target in targets]
+    plot = "bench.png" if plot is None else plot
+    plots = []
     if plot:
-        plot_micro(result, disk_result, plot)
+        stem = plot[:-4] if plot.lower().endswith(".png") else plot
+        plots = [plot, f"{stem}-micro.png", f"{stem}-peers.png"]
+        plot_workload(work, plots[0])
+        plot_micro(host, disk, plots[1])
+        plot_peers(peers, plots[2])
+    if _emit(doc, as_json, output):
+        console = Console()
+        print_workload(work, console)
+        _print_host_table(host)
+        if disk is not None:
+            _print_disk_table(disk)
+        print_peers(peers, console)
+        print_targets(targets, console)
+        if plots:
+            console.print(f"plots: {', '.join(plots)}")
+    for peer, why in peers.skipped.items():
+        err.print(f"[yellow]{peer}: skipped ({why})")
 
 
 def _gpu_bench(trials: int, as_json: bool, output: Optional[str]) -> None:
@@ -317,14 +389,18 @@ def _sglang_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int
         _print_sglang_table(result)
 
 
-def _peers_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int, only: str,
-                 plot: Optional[str], as_json: bool, output: Optional[str]) -> None:
+def _peers_settings(directory: Optional[str], sizes: str, nbytes: str, trials: int,
+                    only: str) -> PeersBenchSettings:
     try:
-        settings = PeersBenchSettings(directory=directory, page_sizes=_sizes(sizes),
-                                      bytes_per_run=parse_size(nbytes), trials=trials,
-                                      peers=tuple(p.strip() for p in only.split(",") if p.strip()))
+        return PeersBenchSettings(directory=directory, page_sizes=_sizes(sizes),
+                                  bytes_per_run=parse_size(nbytes), trials=trials,
+                                  peers=tuple(p.strip() for p in only.split(",") if p.strip()))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _peers_bench(settings: PeersBenchSettings, plot: Optional[str], as_json: bool,
+                 output: Optional[str]) -> None:
     result = _with_progress("peers", peers_bench_steps(settings), run_peers_bench, settings)
     if plot:
         plot_peers(result, plot)

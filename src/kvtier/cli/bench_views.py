@@ -9,6 +9,7 @@ from rich.table import Table
 from ..bench.disk import DiskBenchResult
 from ..bench.host import HostBenchResult
 from ..bench.peers import MEASURES as PEER_MEASURES, PeersBenchResult
+from ..bench.targets import Target
 from ..bench.workload import WorkloadResult
 from ..config import format_size
 
@@ -157,6 +158,24 @@ def print_peers(result: PeersBenchResult, console: Console) -> None:
     verdict = "ahead of every peer on every measured row" if result.kvtier_leads else \
         "behind on at least one row (red)"
     console.print(f"kvtier is {verdict}")
+
+
+def print_targets(targets: list[Target], console: Console) -> None:
+    """``--all``: each target's worst measured cell against its goal."""
+    table = Table(title="targets · the worst measured cell of each",
+                  caption="host: put / get_into, one and 16 pages per call, pages ≥ 256 KiB, vs "
+                          "memcpy; disk: write-back writes and reads vs raw O_DIRECT, every page "
+                          "size and batch; peers: kvtier / peer on every measured row")
+    for name, justify in (("target", "left"), ("goal", "right"), ("worst", "right"),
+                          ("where", "left"), ("cells under goal", "right"), ("met", "left")):
+        table.add_column(name, justify=justify)
+    for target in targets:
+        percent = target.goal < 1
+        show = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}×")
+        met = {None: "[yellow]not measured", True: "[green]yes", False: "[red]no"}[target.met]
+        table.add_row(target.name, show(target.goal), "—" if target.worst is None else show(target.worst),
+                      target.where, f"{target.below} / {target.cells}", met)
+    console.print(table)
 
 
 _PEER_SHORT = {"lmcache_cpu": "LMCache CPU", "lmcache_disk": "LMCache disk", "hicache_file": "HiCacheFile",
