@@ -34,6 +34,7 @@ from ..keys import BlockKey
 from .base import TierCapabilities
 from .breaker import OPEN, CircuitBreaker
 from .pageformat import HEADER_BYTES, format_valid, pack_header, read_header
+from .resp_reader import BulkReader, read_bulk
 
 log = logging.getLogger("kvtier.remote")
 
@@ -324,15 +325,11 @@ class RemoteTier:
         if not keys:
             return []
         names = [self.redis_key(key) for key in keys]
-
-        def commands(pipe: Any) -> None:
-            for name in names:
-                pipe.get(name)
         start = time.perf_counter()
-        replies = self._pipeline(commands)
+        replies = self._fetch(keys, names, outs)
         if replies is UNAVAILABLE:
             return [RemoteRead(UNAVAILABLE) for _ in keys]
-        fetched = sum(len(r) for r in replies if isinstance(r, bytes))
+        fetched = sum(r[0].nbytes + r[1].nbytes for r in replies if isinstance(r, tuple))
         self.codec.observe_io(False, fetched, time.perf_counter() - start)
         reads = []
         for i, (key, value) in enumerate(zip(keys, replies)):
@@ -341,14 +338,52 @@ class RemoteTier:
             elif value is None:
                 reads.append(RemoteRead(ABSENT))
             else:
-                out = None if outs is None else outs[i]
-                reads.append(self._decode(key, memoryview(value), out))
+                reads.append(self._decode(key, *value, None if outs is None else outs[i]))
         bad = [key for key, r in zip(keys, reads) if r.status == CORRUPT]
         if bad:  # fail closed, and do not make the next reader pay for the same bad value
             self.delete(bad)
         self._time_left([(names[i], read) for i, read in enumerate(reads)
                          if read.status == HIT and read.window_s is not None])
         return reads
+
+    def _fetch(self, keys: Sequence[BlockKey], names: list[bytes],
+               outs: Sequence[memoryview | None] | None) -> list[Any] | str:
+        """GET ``names`` in one round trip; per name ``None`` (absent), an exception, or the
+        value as ``(head, payload)``. On a single server a payload that is exactly the
+        caller's page is read from the socket straight into ``outs[i]`` (``resp_reader``);
+        a cluster goes through redis-py's pipeline."""
+        if self.config.cluster:
+            def commands(pipe: Any) -> None:
+                for name in names:
+                    pipe.get(name)
+            replies = self._pipeline(commands)
+            if replies is UNAVAILABLE:
+                return UNAVAILABLE
+            return [(memoryview(r)[:VALUE_PREFIX], memoryview(r)[VALUE_PREFIX:])
+                    if isinstance(r, bytes) else r for r in replies]
+
+        def in_place(key: BlockKey, out: memoryview | None) -> Callable[[memoryview], memoryview | None]:
+            def target(head: memoryview) -> memoryview | None:
+                header = read_header(head) if out is not None and head.nbytes == VALUE_PREFIX else None
+                fits = (header is not None and header["codec"] == CODEC_NONE and header["key"] == bytes(key)
+                        and header["raw_len"] == header["stored_len"] == out.nbytes)
+                return out if fits else None
+            return target
+
+        def run(client: Any) -> list[Any]:
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands([("GET", name) for name in names]))
+                reader = BulkReader(conn._get_socket())
+                return [read_bulk(reader, VALUE_PREFIX, in_place(key, None if outs is None else outs[i]))
+                        for i, key in enumerate(keys)]
+            except BaseException:
+                conn.disconnect()  # replies may be left unread on the socket
+                raise
+            finally:
+                pool.release(conn)
+        return self._call(run)
 
     def _time_left(self, windowed: list[tuple[bytes, RemoteRead]]) -> None:
         """Set ``ttl_left_s`` of windowed hits from Redis's ``PTTL`` (0 where it cannot)."""
@@ -364,24 +399,31 @@ class RemoteTier:
             else:  # gone since the GET (-2), or unknown: keep no local copy past now
                 read.ttl_left_s = 0.0
 
-    def _decode(self, key: BlockKey, value: memoryview, out: memoryview | None) -> RemoteRead:
-        head = read_header(value) if value.nbytes >= VALUE_PREFIX else None
+    def _decode(self, key: BlockKey, prefix: memoryview, payload: memoryview,
+                out: memoryview | None) -> RemoteRead:
+        """Check a value (``prefix``: its first ``VALUE_PREFIX`` bytes, ``payload``: the rest)
+        and decode its page into ``out`` (or a new buffer). A payload already read into
+        ``out`` is verified in place: a bad one leaves ``out`` holding its bytes."""
+        head = read_header(prefix) if prefix.nbytes >= VALUE_PREFIX else None
         if (head is None or head["key"] != bytes(key)
                 or not format_valid(head["codec"], head["raw_len"], head["stored_len"], head["element_bytes"])
-                or value.nbytes != VALUE_PREFIX + head["stored_len"]):
+                or payload.nbytes != head["stored_len"]):
             return self._corrupt()
-        (window_ms,) = _WINDOW.unpack_from(value, HEADER_BYTES)
+        (window_ms,) = _WINDOW.unpack_from(prefix, HEADER_BYTES)
         if window_ms > _MAX_WINDOW_MS:
             return self._corrupt()
         raw_len = head["raw_len"]
         if out is not None and out.nbytes != raw_len:
             return RemoteRead(WRONG_SIZE, nbytes=raw_len)
-        payload = value[VALUE_PREFIX:]
         if head["codec"] == CODEC_NONE:  # verify the received bytes (still in cache), then copy
             if native.checksum(payload) != head["checksum"]:
                 return self._corrupt()
-            page = out if out is not None else memoryview(native.alloc_bytearray(raw_len))
-            native.copy(page, payload)
+            if out is None:
+                page = payload  # a buffer of its own, read for this call
+            else:
+                page = out
+                if payload is not out:
+                    native.copy(page, payload)
         else:
             page = out if out is not None else memoryview(native.alloc_bytearray(raw_len))
             try:
