@@ -1,7 +1,9 @@
 """The GPU path: what runs everywhere (status, refusals, the host arena's bookkeeping of copies
 in flight, driven by fake device copies) and, marked ``gpu``, what needs a CUDA device
 (kernels = CPU reference byte for byte, GPU -> host -> disk -> host -> GPU round trips,
-copies beside a running matmul). The ``gpu`` tests skip cleanly without one."""
+copies beside a running matmul, the device tier's HBM hits, promotions, overwrites and
+expiry). The ``gpu`` tests skip cleanly without one. The device tier's bookkeeping is tested
+without a GPU in ``test_device_tier.py``."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from typer.testing import CliRunner
 
 import kvtier.device_moves as device_moves
 import kvtier.store as store_module
+from conftest import FakeClock
 from kvtier import DiskTierConfig, HostTierConfig, StoreConfig, TieredStore, UnsupportedValueError, gpu
 from kvtier.cli import app
+from kvtier.config import DeviceTierConfig
 
 STATUS = gpu.status()
 gpu_only = pytest.mark.skipif(not STATUS.available, reason=f"no usable CUDA: {STATUS.reason}")
@@ -105,6 +109,9 @@ class FakeOut:
         if not self.delivered:
             self.delivered = True
             self.target[:] = self.bounce
+
+    def release(self):
+        pass
 
 
 @pytest.fixture
@@ -233,11 +240,13 @@ def test_round_trip_gpu_host_disk_host_gpu(torch_cuda, stores, tmp_path):
 
 @pytest.mark.gpu
 @gpu_only
-def test_copies_beside_a_running_matmul_do_not_corrupt_pages(torch_cuda, make_store):
+@pytest.mark.parametrize("hbm", [False, True], ids=["host", "device-tier"])
+def test_copies_beside_a_running_matmul_do_not_corrupt_pages(torch_cuda, make_store, hbm):
     torch = torch_cuda
     from kvtier.layout import KVLayout
 
-    store = make_store(slots=64, slot_bytes=1 << 20)
+    device = DeviceTierConfig(capacity_bytes=16 << 20) if hbm else None  # 16 of the 64 pages
+    store = make_store(slots=64, slot_bytes=1 << 20, device=device)
     layout = KVLayout.vllm(4, 64, 16, 4, 64, "float16")
     caches = [torch.randn(2, 64, 16, 4, 64, device="cuda", dtype=torch.float16) for _ in range(4)]
     bound = layout.bind(caches)
@@ -281,4 +290,154 @@ def test_device_arena_round_trip(torch_cuda):
     out = memoryview(bytearray(len(src)))
     assert arena.read_into(2, out, None) and out == src
     assert torch.equal(arena.slot_tensor(2, 256).cpu(), torch.arange(256, dtype=torch.uint8))
+    arena.close()
+
+
+# -- the device tier (HBM), with a GPU ------------------------------------------------------------
+
+def _pages(torch, count, size, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randint(0, 256, (size,), dtype=torch.uint8, device="cuda", generator=gen)
+            for _ in range(count)]
+
+
+def _h2d_ops(store):
+    store.synchronize()  # a copy is measured (and counted on its route) once it is done
+    return store.stats().routes["host->device"].ops
+
+
+def _in_hbm(store, key):
+    return store._device_cache.lookup(store._key(key)) is not None
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_device_tier_hits_move_no_host_bytes(torch_cuda, stores):
+    torch = torch_cuda
+    size = 256 << 10
+    store = stores(StoreConfig(host=HostTierConfig(capacity_bytes=8 * size, slot_bytes=size),
+                               device=DeviceTierConfig(capacity_bytes=4 * size)))
+    keys = [b"%d" % i for i in range(4)]
+    pages = _pages(torch, 4, size)
+    assert store.batch_put(keys, pages) == [True] * 4
+    assert all(_in_hbm(store, k) for k in keys)
+    before = _h2d_ops(store)
+    outs = [torch.empty_like(p) for p in pages]
+    assert store.batch_get_into(keys, outs) == [True] * 4  # no synchronize: streams order it
+    torch.cuda.current_stream().synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(pages, outs))
+    assert _h2d_ops(store) == before
+    stats = store.stats()
+    assert [t.name for t in stats.tiers] == ["device", "host"]
+    assert stats.tier("device").hits == 4 and stats.tier("device").entries == 4
+    assert stats.tier("host").hits == 0
+    assert bytes(store.get(b"2")) == bytes(pages[2].cpu().numpy())  # write-through: host has it
+
+
+@pytest.mark.gpu
+@gpu_only
+@pytest.mark.parametrize("promote", [True, False])
+def test_device_tier_eviction_falls_back_to_host_and_promotes(torch_cuda, stores, promote):
+    torch = torch_cuda
+    size = 256 << 10
+    store = stores(StoreConfig(host=HostTierConfig(capacity_bytes=8 * size, slot_bytes=size),
+                               device=DeviceTierConfig(capacity_bytes=2 * size, promote_on_read=promote)))
+    pages = _pages(torch, 3, size, seed=1)
+    for i, page in enumerate(pages):
+        assert store.put(b"%d" % i, page)
+    assert not _in_hbm(store, b"0") and store.stats().tier("device").evictions == 1
+    before = _h2d_ops(store)
+    out = torch.empty_like(pages[0])
+    assert store.get_into(b"0", out)
+    torch.cuda.current_stream().synchronize()
+    assert torch.equal(out, pages[0])
+    assert _h2d_ops(store) == before + 1  # from the host slot
+    assert _in_hbm(store, b"0") is promote
+    again = torch.empty_like(pages[0])
+    assert store.get_into(b"0", again)
+    torch.cuda.current_stream().synchronize()
+    assert torch.equal(again, pages[0])
+    assert _h2d_ops(store) == before + (1 if promote else 2)
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_round_trip_gpu_host_disk_host_gpu_with_the_device_tier(torch_cuda, stores, tmp_path):
+    torch = torch_cuda
+    size = 256 << 10
+    store = stores(StoreConfig(host=HostTierConfig(capacity_bytes=4 * size, slot_bytes=size),
+                               disk=DiskTierConfig(paths=[str(tmp_path)], capacity_bytes=64 * size),
+                               device=DeviceTierConfig(capacity_bytes=2 * size)))
+    keys = [b"%d" % i for i in range(16)]
+    pages = _pages(torch, 16, size, seed=2)
+    for key, page in zip(keys, pages):
+        assert store.put(key, page)
+    store.synchronize()
+    store.flush()
+    for attempt in range(2):  # the second pass reuses the pinned bounce buffers of the first
+        outs = [torch.empty_like(p) for p in pages]
+        assert store.batch_get_into(keys, outs) == [True] * 16
+        torch.cuda.current_stream().synchronize()
+        assert all(torch.equal(a, b) for a, b in zip(pages, outs))
+        store.synchronize()
+    stats = store.stats()
+    assert stats.tier("disk").hits > 0 and stats.tier("device").hits > 0
+    assert stats.tier("device").extra["bounce_reused"] > 0
+    assert stats.tier("device").slots_used <= 2
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_device_tier_never_serves_an_old_version(torch_cuda, stores):
+    torch = torch_cuda
+    size = 64 << 10
+    store = stores(StoreConfig(host=HostTierConfig(capacity_bytes=16 * size, slot_bytes=size),
+                               device=DeviceTierConfig(capacity_bytes=4 * size)))
+    out = torch.empty(size, dtype=torch.uint8, device="cuda")
+    for version in range(32):  # CUDA puts, CPU puts and reads interleaved, no synchronize
+        value = torch.full((size,), version, dtype=torch.uint8, device="cuda")
+        assert store.put(b"k", value.cpu() if version % 3 == 2 else value)
+        assert store.get_into(b"k", out)
+        assert bool((out == version).all())  # .all() on the current stream: ordered after the copy
+    store.synchronize()
+    assert bytes(store.get(b"k")) == bytes([31]) * size
+    assert store.stats().tier("device").entries == 1
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_device_tier_copies_expire_with_the_page(torch_cuda):
+    torch = torch_cuda
+    size = 64 << 10
+    clock = FakeClock()
+    config = StoreConfig(host=HostTierConfig(capacity_bytes=4 * size, slot_bytes=size),
+                         device=DeviceTierConfig(capacity_bytes=4 * size))
+    with TieredStore(config, clock=clock) as store:
+        page = torch.full((size,), 7, dtype=torch.uint8, device="cuda")
+        assert store.put(b"k", page, ttl_s=5)
+        out = torch.zeros_like(page)
+        clock.advance(4)
+        assert store.get_into(b"k", out) and bool((out == 7).all())
+        clock.advance(2)
+        assert not store.get_into(b"k", torch.zeros_like(page))
+        assert not _in_hbm(store, b"k")
+        assert store.stats().misses == {"expired": 1}
+        assert store.put(b"e", page) and store.evict(b"e") and not _in_hbm(store, b"e")
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_device_arena_orders_copies_of_one_slot_across_streams(torch_cuda):
+    torch = torch_cuda
+    from kvtier.tiers.device import DeviceArena
+
+    arena = DeviceArena(4 << 20, 1 << 20)
+    outs = []
+    for value in range(1, 9):  # write (D2H stream) and read (H2D stream) one slot, no waiting
+        arena.store_from(0, torch.full((1 << 20,), value, dtype=torch.uint8, device="cuda"))
+        outs.append(torch.empty(1 << 20, dtype=torch.uint8, device="cuda"))
+        arena.load_into(0, outs[-1])
+    torch.cuda.current_stream().synchronize()
+    assert [int(o.min()) for o in outs] == list(range(1, 9))
+    assert [int(o.max()) for o in outs] == list(range(1, 9))
     arena.close()

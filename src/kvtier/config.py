@@ -203,6 +203,46 @@ class DiskTierConfig:
         _check_codec("disk", self.codec, self.codec_level, self.codec_element_bytes)
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceTierConfig:
+    """The device tier: a write-through cache of pages in GPU memory (HBM), in front of the host
+    tier (see docs/gpu.md). Needs a usable CUDA device; off unless configured.
+
+    A ``put`` of a CUDA tensor on ``device`` also copies the page into an HBM slot (device to
+    device); a ``get_into`` a CUDA tensor that finds it there is one device-to-device copy, with
+    no host traffic. The host tier still receives every page, so dropping an HBM copy loses
+    nothing and costs no write.
+
+    Args:
+        capacity_bytes: HBM set aside for pages, one allocation at start, in whole slots.
+        slot_bytes: one slot, the largest page this tier caches; ``0`` (default) means the host
+            tier's ``slot_bytes``. At most ``host.slot_bytes``: every page here is in the host
+            tier too.
+        device: the GPU, ``"cuda"`` (the current device) or ``"cuda:N"``. CUDA tensors on
+            other GPUs bypass the tier.
+        promote_on_read: a page read from the host or disk tier into a CUDA tensor on
+            ``device`` is also copied into HBM.
+    """
+
+    capacity_bytes: int = 1 * GiB
+    slot_bytes: int = 0
+    device: str = "cuda"
+    promote_on_read: bool = True
+
+    def __post_init__(self) -> None:
+        _set_sizes(self, ("capacity_bytes", "slot_bytes"))
+        if self.slot_bytes < 0:
+            raise ConfigError(f"device.slot_bytes must be >= 0 (0: host.slot_bytes), got {self.slot_bytes}")
+        if self.capacity_bytes <= 0:
+            raise ConfigError(f"device.capacity_bytes must be > 0, got {self.capacity_bytes}")
+        if self.slot_bytes and self.capacity_bytes < self.slot_bytes:
+            raise ConfigError(
+                f"device.capacity_bytes ({format_size(self.capacity_bytes)}) must hold at least one "
+                f"slot of device.slot_bytes ({format_size(self.slot_bytes)})")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ConfigError(f"device.device must be 'cuda' or 'cuda:N', got {self.device!r}")
+
+
 REMOTE_WRITE_MODES = ("async", "sync")
 
 
@@ -350,9 +390,11 @@ class StoreConfig:
     """Configuration of a ``TieredStore``.
 
     Args:
-        host: the host DRAM tier (the first tier a put lands in).
+        host: the host DRAM tier (every put lands in it).
         disk: the NVMe tier behind it (``None``: no disk tier).
         remote: the shared Redis tier behind the local ones (``None``: no remote tier).
+        device: a write-through cache of pages in GPU memory in front of the host tier
+            (``None``: none; needs CUDA).
         policy: eviction order within a tier: ``"lru"`` (least recently used first) or ``"ttl"``
             (earliest deadline first, like providers' cache windows).
         ttl_s: default cache window in seconds for every put (``None``: no expiry). A put's own
@@ -379,6 +421,7 @@ class StoreConfig:
     host: HostTierConfig = field(default_factory=HostTierConfig)
     disk: DiskTierConfig | None = None
     remote: RemoteTierConfig | None = None
+    device: DeviceTierConfig | None = None
     policy: str = "lru"
     ttl_s: float | None = None
     ttl_refresh: str = "write"
@@ -406,6 +449,19 @@ class StoreConfig:
                     f"({self.host.slot_bytes}): every host page must fit a disk slot")
             if self.disk.capacity_bytes < self.disk.slot_bytes:
                 raise ConfigError("disk.capacity_bytes must hold at least one slot")
+        if self.device is not None:
+            if not isinstance(self.device, DeviceTierConfig):
+                raise ConfigError(f"device must be a DeviceTierConfig or None, got {type(self.device).__name__}")
+            if self.device.slot_bytes == 0:
+                object.__setattr__(self, "device", dataclasses.replace(self.device, slot_bytes=self.host.slot_bytes))
+            if self.device.slot_bytes > self.host.slot_bytes:
+                raise ConfigError(
+                    f"device.slot_bytes ({self.device.slot_bytes}) must be <= host.slot_bytes "
+                    f"({self.host.slot_bytes}): every page in HBM is in the host tier too")
+            if self.device.capacity_bytes < self.device.slot_bytes:
+                raise ConfigError(
+                    f"device.capacity_bytes ({format_size(self.device.capacity_bytes)}) must hold at "
+                    f"least one slot of {format_size(self.device.slot_bytes)}")
         if self.remote is not None and not isinstance(self.remote, RemoteTierConfig):
             raise ConfigError(f"remote must be a RemoteTierConfig or None, got {type(self.remote).__name__}")
         if self.policy not in POLICIES:
@@ -437,7 +493,7 @@ class StoreConfig:
         Unknown keys raise ``ConfigError`` naming the accepted ones.
         """
         values = dict(values)
-        tiers = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
+        tiers = TIER_SECTIONS
         kwargs: dict[str, Any] = {}
         for name, tier_cls in tiers.items():
             if name in values:
@@ -463,7 +519,7 @@ class StoreConfig:
         environ = os.environ if environ is None else environ
         nested: dict[str, Any] = {}
         known: set[str] = set(_OTHER_ENV)
-        sections = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig}
+        sections = TIER_SECTIONS
         for f in dataclasses.fields(cls):
             if f.name in sections:
                 continue
@@ -480,6 +536,11 @@ class StoreConfig:
         if unknown:
             raise ConfigError(f"unknown environment variables {unknown}; known: {sorted(known)}")
         return cls.from_dict(nested)
+
+
+# The tier sections of a StoreConfig: a [name] table, KVTIER_<NAME>_* variables.
+TIER_SECTIONS = {"host": HostTierConfig, "disk": DiskTierConfig, "remote": RemoteTierConfig,
+             "device": DeviceTierConfig}
 
 
 def env_name(field_name: str, section: str | None = None) -> str:

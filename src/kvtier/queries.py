@@ -97,6 +97,9 @@ class StoreQueries:
                     pinned_bytes=index.pinned_bytes, evictions=index.evictions,
                     expirations=index.expirations, extra=tier.stats_extra(),
                 ))
+            device = self._device_stats()  # the HBM cache, fastest first (device_moves.py)
+            if device is not None:
+                tiers.insert(0, device)
             c = self._counters
         if self._remote is not None:
             tiers.append(self._remote_stats())

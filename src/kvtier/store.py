@@ -34,8 +34,9 @@ KeyLike = BlockKey | bytes
 
 
 class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves):
-    """KV pages across memory tiers, fastest first: host DRAM, then NVMe (``config.disk``),
-    then a shared Redis (``config.remote``).
+    """KV pages across memory tiers, fastest first: optionally GPU memory (``config.device``,
+    a write-through cache of the host tier), host DRAM, then NVMe (``config.disk``), then a
+    shared Redis (``config.remote``).
 
     Args:
         config: the store's configuration (``StoreConfig()`` defaults if omitted).
@@ -76,13 +77,16 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
         self._disk_index: TierIndex | None = None
         self._disk_reads: dict[BlockKey, float] = {}  # key -> wall time of its last disk hit
         self._engine = make_engine(config.transfer_queue_depth)
+        self._device_cache = self._device_arena = None
         try:
+            self._open_device_tier()  # device_moves.py; GpuUnavailableError without CUDA
             for tier in self._open_tiers(config):
                 self._add_tier(tier)
             self._init_remote()
         except BaseException:
             for tier, _ in self._tiers:
                 tier.close()
+            self._close_device_tier()
             raise
         self._first_tier, self._first_index = self._tiers[0]
         port = config.metrics_port if metrics_port is None else metrics_port
@@ -111,11 +115,14 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
         persistent = isinstance(tier, DiskTier)
         allocator = SlotAllocator(tier.slot_count, tier.slot_bytes,
                                   can_grow=tier.has_room if persistent else None)
+        on_remove = self._forget_disk_page if persistent else None
+        if self._device_cache is not None:  # a key leaving the local tiers leaves HBM too
+            on_remove = self._device_watch(on_remove)
         index = TierIndex(
             tier.name, allocator, make_policy(config.policy), self._ghosts,
             max_pinned_bytes=int(allocator.capacity_bytes * config.max_pinned_fraction),
             refresh_on_read=config.ttl_refresh == "read",
-            on_remove=self._forget_disk_page if persistent else None,
+            on_remove=on_remove,
         )
         if persistent:
             # Write-back: the host tier may drop a page on its own only once disk has a copy.
@@ -153,6 +160,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 self._idle.wait()
         if self._disk is not None:
             self._save_disk_access_times()
+        self._close_device_tier()  # waits for the copies queued on its streams
         for tier, _ in self._tiers:
             tier.close()
         if self._remote is not None:
@@ -179,6 +187,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 tensor), at most the first tier's ``slot_bytes``. Not retained: copied in. A
                 contiguous CUDA tensor is copied asynchronously, after the work queued on the
                 current stream; don't overwrite it before ``synchronize()`` (docs/gpu.md).
+                With a device tier (``config.device``) it is also kept in HBM.
             ttl_s: this block's cache window in seconds (default: ``StoreConfig.ttl_s``).
             pin: keep the block in its tier (never evicted or expired) until ``unpin``.
         """
@@ -186,7 +195,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
         start = _timer() if timings is not None else 0.0
         if type(key) is not BlockKey:
             key = self._key(key)
-        stored = self._put(key, self._value(value), self._ttl(ttl_s), pin)
+        tensor = None if self._device_cache is None else self._device_source(value)
+        stored = self._put(key, self._value(value), self._ttl(ttl_s), pin, tensor)
         if timings is not None:
             timings.put.observe(_timer() - start)
         return stored
@@ -207,7 +217,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             out: a writable C-contiguous buffer (bytearray, numpy array, CPU torch tensor, ...)
                 whose size in bytes equals the stored page's; ``BufferSizeError`` otherwise.
                 A contiguous CUDA tensor is filled asynchronously: later work on the current
-                stream sees the page (docs/gpu.md). Use its bytes only on ``True``: a disk
+                stream sees the page (docs/gpu.md); from HBM when the device tier has it. Use its bytes only on ``True``: a disk
                 read that fails verification may have landed in it first.
         """
         timings = self._timings
@@ -243,6 +253,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             for _, index in self._tiers:
                 if index.find(key, now) is not None:  # an expired copy is dropped as expired
                     removed = index.remove(key, MissReason.EVICTED) or removed
+            self._forget_device(key)
         if self._remote is not None:
             self._drain_remote()  # a queued write must not bring it back
             if self._remote.delete([key]):
@@ -286,7 +297,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             raise InvalidKeyError(f"batch_put got {len(keys)} keys but {len(values)} values")
         checked = [self._key(k) for k in keys]
         views = [self._value(v) for v in values]
-        stored = self._put_many(checked, views, self._ttl(ttl_s), pin)
+        tensors = None if self._device_cache is None else [self._device_source(v) for v in values]
+        stored = self._put_many(checked, views, self._ttl(ttl_s), pin, tensors)
         if timings is not None:
             timings.batch_put.observe(_timer() - start)
         return stored
@@ -343,7 +355,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
         return self._remote_lookup(checked, local)
 
     # -- internals ---------------------------------------------------------------------------
-    def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool) -> bool:
+    def _put(self, key: BlockKey, src: memoryview, ttl_s: float | None, pin: bool,
+             tensor: Any = None) -> bool:
         # The single-block paths mirror _put_many/_get_many without their list handling, which
         # visibly lowers the put/get_into rates of `kvtier bench` (its metadata line).
         tier, index = self._first_tier, self._first_index
@@ -370,8 +383,11 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 break
         if reservation is None:  # the host refused it: the shared tier may still take it
             return self._share([key], [src], ttl_s, [False])[0]
+        staged = None  # the HBM copy of a CUDA tensor (device tier, device_moves.py)
         try:
             checksum = tier.write(reservation.location, src)
+            if tensor is not None:
+                staged = self._stage_device([key], [tensor])
         except BaseException:
             with self._lock:
                 index.abort(reservation)
@@ -381,6 +397,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             index.publish(key, reservation, nbytes, None if ttl_s is None else now + ttl_s,
                           ttl_s, checksum)
             through = self._after_publish([key])
+            if self._device_cache is not None:
+                self._publish_device([key], [True], staged)
             self._end_copy()
         if through:
             self._copy_down(through, demote=False)
@@ -429,7 +447,7 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
         return dst if ok else None
 
     def _put_many(self, keys: list[BlockKey], srcs: list[memoryview], ttl_s: float | None,
-                  pin: bool) -> list[bool]:
+                  pin: bool, tensors: list[Any] | None = None) -> list[bool]:
         """Reserve every slot under the lock, copy outside it, publish under the lock."""
         tier, index = self._first_tier, self._first_index
         for src in srcs:
@@ -457,9 +475,12 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 self._inflight += 1
         if nothing:
             return admitted if self._remote is None else self._share(keys, srcs, ttl_s, admitted)
+        staged = None  # HBM copies of CUDA tensors (device tier, device_moves.py)
         try:
             checksums = [None if r is None else tier.write(r.location, src)
                          for r, src in zip(reservations, srcs)]
+            if tensors is not None and any(t is not None and ok for t, ok in zip(tensors, admitted)):
+                staged = self._stage_device(keys, [t if ok else None for t, ok in zip(tensors, admitted)])
         except BaseException:
             with self._lock:
                 for reservation in reservations:
@@ -473,6 +494,8 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
                 if reservation is not None:
                     index.publish(key, reservation, src.nbytes, deadline, ttl_s, checksum)
             through = self._after_publish([k for k, ok in zip(keys, admitted) if ok])
+            if self._device_cache is not None:
+                self._publish_device(keys, admitted, staged)
             self._end_copy()
         if through:
             self._copy_down(through, demote=False)

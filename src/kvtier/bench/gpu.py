@@ -109,7 +109,7 @@ def run_gpu_bench(settings: GpuBenchSettings, progress: Callable[[str], None] = 
         # twice the pages: a trial's puts replace the previous trial's without evicting any
         config = StoreConfig(host=HostTierConfig(capacity_bytes=2 * count * size, slot_bytes=size))
         with TieredStore(config) as store:
-            result.host_pinned = bool(store.stats().tiers[0].extra.get("cuda_pinned"))
+            result.host_pinned = bool(store.stats().tier("host").extra.get("cuda_pinned"))
             keys = [i.to_bytes(8, "little") for i in range(count)]
 
             def puts() -> float:
