@@ -16,4 +16,8 @@ std::uint64_t checksum_bytes(const void* data, std::size_t n);
 bool checksum_iov(const iovec* iov, std::size_t iovcnt, std::size_t skip, std::size_t n,
                   std::uint64_t* out);
 
+// Which vector code the checksums run: "avx2" where the CPU has it, else "baseline"
+// (SSE2 on x86-64, NEON on arm64).
+const char* checksum_isa();
+
 }  // namespace kvtier

@@ -520,6 +520,10 @@ PYBIND11_MODULE(_native, m) {
   m.def("checksum", &checksum, py::arg("data"),
         "checksum(data)\n--\n\n"
         "XXH3-64 (seed 0) of the buffer's bytes, as xxhash.xxh3_64_intdigest.");
+  m.def(
+      "checksum_isa", [] { return std::string(kvtier::checksum_isa()); },
+      "checksum_isa()\n--\n\n"
+      "The vector code checksum() runs: 'avx2' where the CPU has it, else 'baseline'.");
   m.def("alloc_bytearray", &alloc_bytearray, py::arg("n"),
         "alloc_bytearray(n)\n--\n\n"
         "A bytearray of n bytes whose contents are not initialised.");

@@ -290,6 +290,32 @@ def test_checksum_sizes_and_kinds(impl: ModuleType, n: int) -> None:
         assert impl.checksum(make_src("mmap", data, stack)) == expected
 
 
+@needs_native
+@pytest.mark.parametrize("isa", ["baseline", "auto"])
+def test_both_checksum_code_paths_equal_xxh3_64(isa: str) -> None:
+    """The AVX2 build of XXH3 and the baseline one (KVTIER_CHECKSUM_ISA=baseline) agree with
+    xxhash on every size class, whole and through the I/O engine's ranges."""
+    script = (
+        "import os, sys, tempfile, xxhash\n"
+        "from kvtier import _native as n\n"
+        "sizes = [0, 1, 16, 17, 128, 129, 240, 241, 1023, 1024, 4095, 65536, (1 << 20) + 7]\n"
+        "for size in sizes:\n"
+        "    data = os.urandom(size)\n"
+        "    assert n.checksum(data) == xxhash.xxh3_64_intdigest(data), size\n"
+        "data = os.urandom(3 << 20)\n"
+        "fd, path = tempfile.mkstemp(); os.write(fd, data)\n"
+        "bufs = [bytearray(5000), bytearray((3 << 20) - 5000)]\n"
+        "_, sums = n.io_batch(False, [fd], [0], [bufs], [(7, (3 << 20) - 100)])\n"
+        "os.close(fd); os.unlink(path)\n"
+        "assert sums == [xxhash.xxh3_64_intdigest(data[7:(3 << 20) - 93])]\n"
+        "print(n.checksum_isa())\n")
+    env = {**os.environ, "KVTIER_CHECKSUM_ISA": isa}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in (("baseline",) if isa == "baseline" else ("avx2", "baseline"))
+
+
 @parametrize_impl
 def test_checksum_hashes_raw_bytes_of_typed_arrays(impl: ModuleType) -> None:
     arr = np.linspace(0, 1, 1000, dtype=np.float64).reshape(10, 100)
