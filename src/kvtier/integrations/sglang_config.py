@@ -23,7 +23,7 @@ SGLANG_KEYS = frozenset({
     "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
     "hicache_storage_pass_prefix_keys", "tp_lcm_size",  # SGLang's own knobs, normally popped
 })
-_BACKEND_DEFAULTS = {"disk": {"write_mode": "write_through", "promote_on_read": False}}
+_BACKEND_DEFAULTS = {"disk": {"write_mode": "write_through"}}  # promote_on_read: the store default (on)
 _DEFAULT_STAGING = 64 << 20
 
 
