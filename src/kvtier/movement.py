@@ -53,22 +53,30 @@ class TierMoves:
         written = 0
         tried: set[BlockKey] = set()  # each page once: a disk smaller than the host tier evicts
         while True:                   # pages written earlier in this flush, which must not loop
-            with self._lock:
-                self._check_open()
-                self._first_index.reclaim_expired(self._clock())  # no use writing those
+            with self._lock:          # one scan per pass, not per batch (pages put meanwhile:
+                self._check_open()    # the next pass)
                 on_disk = self._disk_index.entries
-                held = [e for e in self._first_index.entries.values()
-                        if e.key not in on_disk and e.key not in tried]
-                held = held[:batch_pages]
-                for entry in held:
-                    entry.readers += 1
-                    tried.add(entry.key)
-            if not held:
+                todo = [key for key in self._first_index.entries
+                        if key not in on_disk and key not in tried]
+            if not todo:
                 return written
-            stored = self._copy_down(held, demote=False)
-            written += stored
-            if stored == 0:  # the disk admits nothing more (full of pins, or failing)
-                return written
+            for first in range(0, len(todo), batch_pages):
+                with self._lock:
+                    self._check_open()
+                    self._first_index.reclaim_expired(self._clock())  # no use writing those
+                    held = []
+                    for key in todo[first:first + batch_pages]:
+                        entry = self._first_index.entries.get(key)
+                        tried.add(key)
+                        if entry is not None and key not in self._disk_index.entries:
+                            entry.readers += 1
+                            held.append(entry)
+                if not held:
+                    continue
+                stored = self._copy_down(held, demote=False)
+                written += stored
+                if stored == 0:  # the disk admits nothing more (full of pins, or failing)
+                    return written
 
     def prefetch(self, keys: Sequence[Any], *, deadline_s: float | None = None) -> "Future[int]":
         """Warm the host tier with whichever of ``keys`` are only on disk, on the transfer
