@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from kvtier import ConfigError, HostTierConfig, StoreConfig
-from kvtier.config import GiB, KiB, MiB, parse_size
+from kvtier.units import GiB, KiB, MiB, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -75,6 +75,19 @@ def test_from_env_rejects_unknown_and_bad_values():
         StoreConfig.from_env({"KVTIER_HOST_PREFAULT": "maybe"})
     with pytest.raises(ConfigError, match="ttl_s"):
         StoreConfig.from_env({"KVTIER_TTL_S": "soon"})
+
+
+def test_from_env_accepts_the_variables_that_are_not_settings():
+    """KVTIER_* variables read by the native module, the build or the scripts are not typos."""
+    from kvtier.config import OTHER_ENV
+    from kvtier.integrations.common import env_table
+
+    others = {name: "1" for name in OTHER_ENV}
+    assert StoreConfig.from_env({**others, "KVTIER_POLICY": "ttl"}).policy == "ttl"
+    assert env_table({**others, "KVTIER_POLICY": "ttl"}) == {"policy": "ttl"}
+    assert {"KVTIER_CHECKSUM_ISA", "KVTIER_IO_ENGINE", "KVTIER_NATIVE"} <= OTHER_ENV
+    with pytest.raises(ConfigError, match="KVTIER_CHECKSUM_ISAX"):
+        StoreConfig.from_env({"KVTIER_CHECKSUM_ISAX": "baseline"})
 
 
 def test_from_env_none_ttl():

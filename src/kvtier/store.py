@@ -25,6 +25,7 @@ from .movement import HOST_READS, TierMoves, make_engine
 from .queries import DEFAULT_SPEEDS, StoreQueries  # noqa: F401  (DEFAULT_SPEEDS: public)
 from .remote_moves import RemoteMoves
 from .async_api import StoreAsync
+from .residency import StoreResidency
 from .policy import make_policy
 from .tiers import DiskTier, HostArena, Tier
 from .tiers.base import check_fits
@@ -33,7 +34,7 @@ _timer = time.perf_counter  # times public calls for stats().latency (kvtier_op_
 KeyLike = BlockKey | bytes
 
 
-class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves):
+class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, StoreResidency, DeviceMoves):
     """KV pages across memory tiers, fastest first: optionally GPU memory (``config.device``,
     a write-through cache of the host tier), host DRAM, then NVMe (``config.disk``), then a
     shared Redis (``config.remote``).
@@ -242,44 +243,6 @@ class TieredStore(TierMoves, RemoteMoves, StoreQueries, StoreAsync, DeviceMoves)
             if self._locate(key, self._clock()) is not None:
                 return True
         return self._remote is not None and (self._queued(key) or self._remote.exists([key]) == [True])
-
-    def evict(self, key: KeyLike) -> bool:
-        """Drop ``key`` from every tier, the shared one too (pinned or not); ``True`` if any
-        tier held it."""
-        key = self._key(key)
-        with self._lock:
-            self._check_open()
-            now, removed = self._clock(), False
-            for _, index in self._tiers:
-                if index.find(key, now) is not None:  # an expired copy is dropped as expired
-                    removed = index.remove(key, MissReason.EVICTED) or removed
-            self._forget_device(key)
-        if self._remote is not None:
-            self._drain_remote()  # a queued write must not bring it back
-            if self._remote.delete([key]):
-                with self._lock:
-                    self._ghosts.record(key, MissReason.EVICTED, "remote")
-                removed = True
-        return removed
-
-    def pin(self, key: KeyLike) -> bool:
-        """Keep ``key`` where it is until ``unpin``; ``False`` if absent or the pin budget is spent."""
-        key = self._key(key)
-        with self._lock:
-            self._check_open()
-            found = self._locate(key, self._clock())
-            return found is not None and found[1].pin(found[0])
-
-    def unpin(self, key: KeyLike) -> bool:
-        """Make ``key`` evictable again; ``False`` if it is not stored."""
-        key = self._key(key)
-        with self._lock:
-            self._check_open()
-            found = self._locate(key, self._clock())
-            if found is None:
-                return False
-            found[1].unpin(found[0])
-            return True
 
     # -- batches and prefixes ----------------------------------------------------------------
     def batch_put(self, keys: Sequence[KeyLike], values: Sequence[Any], *,

@@ -11,28 +11,25 @@ import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .. import native
-from ..bench.codec import (CodecBenchResult, CodecBenchSettings, codec_bench_steps,
-                           run_codec_bench)
+from ..bench.codec import CodecBenchSettings, codec_bench_steps, run_codec_bench
 from ..bench.disk import (DEFAULT_DISK_PAGE_SIZES, DiskBenchResult, DiskBenchSettings,
                           run_disk_bench)
 from ..bench.host import DEFAULT_PAGE_SIZES, HostBenchResult, HostBenchSettings, run_host_bench
 from ..bench.peers import (DEFAULT_PEERS_PAGE_SIZES, PEERS, PeersBenchSettings, peers_bench_steps,
                            run_peers_bench)
-from ..bench.remote import (DEFAULT_REMOTE_PAGE_SIZES, RemoteBenchResult, RemoteBenchSettings,
-                            remote_bench_steps, run_remote_bench)
-from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchResult, SGLangBenchSettings,
-                            run_sglang_bench, sglang_bench_steps)
+from ..bench.remote import (DEFAULT_REMOTE_PAGE_SIZES, RemoteBenchSettings, remote_bench_steps,
+                            run_remote_bench)
+from ..bench.sglang import (DEFAULT_SGLANG_PAGE_SIZES, SGLangBenchSettings, run_sglang_bench,
+                            sglang_bench_steps)
 from ..bench.workload import WorkloadSettings, run_workload, workload_steps
 from ..config import format_size, parse_duration, parse_size
 from ..errors import ConfigError, KvtierError
 from ..bench.targets import check_targets
+from .bench_tables import (err, print_codec_tables, print_disk_table, print_host_table,
+                           print_remote_table, print_sglang_table)
 from .bench_views import (plot_micro, plot_peers, plot_workload, print_peers, print_targets,
                           print_workload)
-
-err = Console(stderr=True)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -192,9 +189,9 @@ def bench(
     result, disk_result = _run_micro(settings, disk_settings if disk else None)
     doc = _micro_doc(result, disk_result)
     if _emit(doc, as_json, output):
-        _print_host_table(result)
+        print_host_table(result)
         if disk_result is not None:
-            _print_disk_table(disk_result)
+            print_disk_table(disk_result)
     if plot:
         plot_micro(result, disk_result, plot)
 
@@ -253,9 +250,9 @@ def _all_bench(workload: WorkloadCli, host_settings: HostBenchSettings,
     if _emit(doc, as_json, output):
         console = Console()
         print_workload(work, console)
-        _print_host_table(host)
+        print_host_table(host)
         if disk is not None:
-            _print_disk_table(disk)
+            print_disk_table(disk)
         print_peers(peers, console)
         print_targets(targets, console)
         if plots:
@@ -352,7 +349,7 @@ def _codec_bench(disk_dir: Optional[str], codec_bytes: str, trials: int, disk: b
         raise typer.BadParameter(str(exc)) from None
     result = _with_progress("codecs", codec_bench_steps(settings), run_codec_bench, settings)
     if _emit(result.to_json(), as_json, output):
-        _print_codec_tables(result)
+        print_codec_tables(result)
 
 
 def _remote_bench(url: str, password: str, sizes: str, batch: int, trials: int, nbytes: str,
@@ -370,7 +367,7 @@ def _remote_bench(url: str, password: str, sizes: str, batch: int, trials: int, 
         err.print(f"[red]remote bench failed: {exc}")
         raise typer.Exit(1) from None
     if _emit(result.to_json(), as_json, output):
-        _print_remote_table(result)
+        print_remote_table(result)
 
 
 def _sglang_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int,
@@ -386,7 +383,7 @@ def _sglang_bench(directory: Optional[str], sizes: str, nbytes: str, trials: int
         err.print(f"[red]sglang bench needs torch and SGLang's storage interface: {exc}")
         raise typer.Exit(1) from None
     if _emit(result.to_json(), as_json, output):
-        _print_sglang_table(result)
+        print_sglang_table(result)
 
 
 def _peers_settings(directory: Optional[str], sizes: str, nbytes: str, trials: int,
@@ -410,196 +407,3 @@ def _peers_bench(settings: PeersBenchSettings, plot: Optional[str], as_json: boo
             Console().print(f"plot: {plot}")
     for peer, why in result.skipped.items():
         err.print(f"[yellow]{peer}: skipped ({why})")
-
-
-def _gbs(value: float) -> str:
-    return f"{value / 1e9:.2f}"
-
-
-def _print_host_table(result: HostBenchResult) -> None:
-    table = Table(title=f"host tier · {format_size(result.settings.capacity_bytes)} arena · "
-                        f"native backend: {result.native_backend} · {result.cpu}",
-                  caption="memcpy: the ceiling, raw copies over the same memory, same run")
-    table.add_column("GB/s and ratios")
-    for page in result.pages:
-        table.add_column(format_size(page.page_bytes), justify="right")
-    rows = [
-        ("put", lambda p: _gbs(p.put)),
-        ("memcpy into arena", lambda p: _gbs(p.put_ceiling)),
-        ("put / memcpy", lambda p: f"{p.put_ratio:.0%}"),
-        ("get_into", lambda p: _gbs(p.get_into)),
-        ("get (allocates)", lambda p: _gbs(p.get)),
-        ("memcpy out of arena", lambda p: _gbs(p.get_ceiling)),
-        ("get_into / memcpy", lambda p: f"{p.get_into_ratio:.0%}"),
-        ("get / memcpy", lambda p: f"{p.get_ratio:.0%}"),
-        ("batch_put ×16", lambda p: _gbs(p.batch_put)),
-        ("batch_put ×16 / memcpy", lambda p: f"{p.batch_put_ratio:.0%}"),
-        ("batch_get_into ×16", lambda p: _gbs(p.batch_get_into)),
-        ("batch_get_into ×16 / memcpy", lambda p: f"{p.batch_get_into_ratio:.0%}"),
-    ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(page) for page in result.pages))
-    console = Console()
-    console.print(table)
-    meta = result.metadata
-    if meta is not None:
-        console.print(
-            f"metadata, single thread, 64 B pages: contains {meta.contains_ops_s / 1e3:,.0f}k ops/s · "
-            f"put at a full tier {meta.put_ops_s / 1e3:,.0f}k ops/s · get_into {meta.get_into_ops_s / 1e3:,.0f}k "
-            f"ops/s · lookup_prefix of {meta.lookup_prefix_keys} keys {meta.lookup_prefix_us:.0f} µs"
-        )
-    if native.fallback_reason:
-        err.print(f"[yellow]native extension not used: {native.fallback_reason}")
-
-
-def _print_disk_table(result: DiskBenchResult) -> None:
-    mode = "O_DIRECT" if result.direct_io else "buffered (O_DIRECT refused here)"
-    table = Table(title=f"disk tier · {mode} · io engine {result.io_engine} · {result.directory}",
-                  caption=f"ceiling: raw O_DIRECT I/O of the same pages and queue depth in the same "
-                          f"directory, same run ({result.ceiling_tool}); kvtier write = write-back "
-                          f"(flush), read = batch_get_into from disk")
-    table.add_column("GB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ×{row.batch}", justify="right")
-    rows = [
-        ("write", lambda r: _gbs(r.write)),
-        ("raw write", lambda r: _gbs(r.write_ceiling)),
-        ("write / raw", lambda r: f"{r.write_ratio:.0%}"),
-        ("read", lambda r: _gbs(r.read)),
-        ("raw read", lambda r: _gbs(r.read_ceiling)),
-        ("read / raw", lambda r: f"{r.read_ratio:.0%}"),
-    ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results))
-    Console().print(table)
-
-
-def _mbs(value: float | None) -> str:
-    return "—" if value is None else f"{value / 1e6:,.0f}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0%}"
-
-
-def _print_codec_tables(result: CodecBenchResult) -> None:
-    console = Console()
-    table = Table(title=f"codecs · real KV pages ({result.pages_per_dtype} × "
-                        f"{format_size(result.page_bytes)} per dtype) · zstd level "
-                        f"{result.settings.level} · {result.zstd} · {result.cpu}",
-                  caption=f"MB/s of raw page bytes, one thread, best of {result.settings.trials}; "
-                          "memcpy: the ceiling, native.copy of the same pages, same run; none "
-                          "stores pages as they are")
-    for name in ("dtype", "codec"):
-        table.add_column(name, no_wrap=True, min_width=len("shuffle-zstd") if name == "codec" else 8)
-    for name in ("ratio", "compress MB/s", "/ memcpy", "decompress MB/s", "/ memcpy"):
-        table.add_column(name, justify="right")
-    for dtype in result.settings.dtypes:
-        rows = [row for row in result.speeds if row.dtype == dtype]
-        for row in rows:
-            table.add_row(row.dtype, row.codec, f"{row.ratio:.3f}", _mbs(row.compress),
-                          _pct(row.compress_ratio), _mbs(row.decompress), _pct(row.decompress_ratio))
-        table.add_row(dtype, "memcpy", "", _mbs(rows[0].memcpy), "", _mbs(rows[0].memcpy), "",
-                      end_section=True)
-    console.print(table)
-    disk = result.disk
-    if disk is None:
-        return
-    mode = "O_DIRECT" if disk.direct_io else "buffered (O_DIRECT refused here)"
-    table = Table(title=f"disk tier per codec · {disk.pages} {disk.dtype} KV pages of "
-                        f"{format_size(disk.page_bytes)}, batch {disk.batch} · {mode} · io engine "
-                        f"{disk.io_engine} · {disk.directory}",
-                  caption=f"MB/s of raw page bytes, best of {result.settings.trials}; raw: O_DIRECT "
-                          f"I/O of the same raw bytes and queue depth in the same directory, same run "
-                          f"({disk.ceiling_tool}); write = write-back (flush), read = batch_get_into "
-                          f"from disk; ratio: raw / stored bytes the tier wrote")
-    table.add_column("codec", no_wrap=True, min_width=len("shuffle-zstd"))
-    for name in ("ratio", "write MB/s", "/ none", "/ raw", "read MB/s", "/ none", "/ raw"):
-        table.add_column(name, justify="right")
-    for row in disk.results:
-        write_none, read_none = disk.vs_none(row.codec)
-        write_raw, read_raw = disk.vs_ceiling(row.codec)
-        ratio = "—" if row.ratio_written is None else f"{row.ratio_written:.3f}"
-        table.add_row(row.codec, ratio, _mbs(row.write), _pct(write_none), _pct(write_raw),
-                      _mbs(row.read), _pct(read_none), _pct(read_raw))
-    table.add_row("raw", "", _mbs(disk.write_ceiling), "", "", _mbs(disk.read_ceiling), "", "")
-    console.print(table)
-    auto = disk.result("auto")
-    write_none, read_none = disk.vs_none("auto")
-    verdict = "at least as fast as" if disk.auto_at_least_none else "slower than"
-    console.print(f"auto vs none, same run: write {write_none:.0%}, read {read_none:.0%} (none's own "
-                  f"trial spread: {disk.none_spread:.0%}): auto was {verdict} none within that "
-                  f"noise (it picks {auto.codec_now} next)")
-
-
-def _print_remote_table(result: RemoteBenchResult) -> None:
-    settings = result.settings
-    tool = (f"{result.redis_benchmark} -c 1 -P {settings.batch}, one run per size"
-            if result.redis_benchmark else "redis-benchmark not run")
-    table = Table(title=f"remote tier · {result.server} at {result.url} · {result.client} · {result.cpu}",
-                  caption=f"MB/s of raw page bytes, median of {settings.trials} trials after a warm-up; "
-                          f"kvtier: put_many / get_many into caller buffers, codec none; raw (the "
-                          f"ceiling): redis-py pipelined SET / GET of the same bytes, same batch, same "
-                          f"server, same run, on a client set up as the tier's (packer, read size); "
-                          f"defaults: the same on a default redis-py client; {tool}")
-    table.add_column("MB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ×{row.batch}", justify="right")
-    rows = [
-        ("write (put_many)", lambda r: _mbs(r.write)),
-        ("raw redis-py SET", lambda r: _mbs(r.raw_write)),
-        ("write / raw", lambda r: _pct(r.vs("raw")[0])),
-        ("redis-py defaults SET", lambda r: _mbs(r.default_write)),
-        ("write / defaults", lambda r: _pct(r.vs("default")[0])),
-        ("redis-benchmark SET", lambda r: _mbs(r.bench_write)),
-        ("write / redis-benchmark", lambda r: _pct(r.vs("bench")[0])),
-        ("read (get_many)", lambda r: _mbs(r.read)),
-        ("raw redis-py GET", lambda r: _mbs(r.raw_read)),
-        ("read / raw", lambda r: _pct(r.vs("raw")[1])),
-        ("redis-py defaults GET", lambda r: _mbs(r.default_read)),
-        ("read / defaults", lambda r: _pct(r.vs("default")[1])),
-        ("redis-benchmark GET", lambda r: _mbs(r.bench_read)),
-        ("read / redis-benchmark", lambda r: _pct(r.vs("bench")[1])),
-    ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results),
-                      end_section=label == "write / redis-benchmark")
-    Console().print(table)
-    if result.redis_benchmark_note:
-        err.print(f"[yellow]{result.redis_benchmark_note}")
-
-
-def _print_sglang_table(result: SGLangBenchResult) -> None:
-    settings = result.settings
-    mode = "O_DIRECT" if result.direct_io else "buffered (O_DIRECT refused here)"
-    table = Table(title=f"SGLang {result.sglang} HiCache L3 · kvtier vs HiCacheFile · kvtier disk "
-                        f"{mode}, io engine {result.io_engine} · {result.directory} · {result.cpu} · "
-                        f"load {result.load[0]:.2f} → {result.load[1]:.2f}",
-                  caption=f"MB/s of page bytes, median of {settings.trials} trials after a warm-up, "
-                          f"{settings.batch} pages per call, both backends on the same pages in the "
-                          f"same directory; kvtier: {result.paths['kvtier']}; HiCacheFile: "
-                          f"{result.paths['hicache_file']}; write = backup calls + os.sync(); cold = "
-                          f"backend rebuilt, posix_fadvise(DONTNEED) on every file of both; warm = "
-                          f"read again (kvtier's O_DIRECT reads go to the drive again); raw (the "
-                          f"ceiling): page-sized O_DIRECT transfers of the same bytes, "
-                          f"{settings.batch} per submission, same directory, same run; torch "
-                          f"threads: {result.torch_threads}")
-    table.add_column("MB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ({row.page_tokens} tokens) ×{row.pages}",
-                         justify="right")
-    rows = []
-    for measure, label in (("write", "durable write"), ("cold_read", "cold read"),
-                           ("warm_read", "warm read")):
-        rows += [(f"{label}: kvtier", lambda r, m=measure: _mbs(getattr(r, f"kvtier_{m}"))),
-                 (f"{label}: HiCacheFile", lambda r, m=measure: _mbs(getattr(r, f"file_{m}"))),
-                 (f"{label}: kvtier / HiCacheFile", lambda r, m=measure: f"{r.ratio(m):.2f}×")]
-        if measure != "warm_read":
-            rows += [(f"{label}: raw O_DIRECT", lambda r, m=measure: _mbs(getattr(r, f"raw_{m}"))),
-                     (f"{label}: kvtier / raw", lambda r, m=measure: _pct(r.ratio(m, "raw")))]
-    rows.append(("pages verified byte-exact", lambda r: " / ".join(
-        str(r.verified_pages[name]) for name in ("kvtier", "hicache_file"))))
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results),
-                      end_section=label.endswith(("kvtier / raw", "warm read: kvtier / HiCacheFile")))
-    Console().print(table)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from ..config import TIER_SECTIONS, StoreConfig, env_name
+from ..config import OTHER_ENV, TIER_SECTIONS, StoreConfig, env_name
 from ..errors import ConfigError
 
 # Extra-config keys that set one StoreConfig field: key -> (section, field).
@@ -20,7 +20,7 @@ STORE_SHORTHANDS = {"host_capacity": ("host", "capacity_bytes"), "disk_capacity"
 def env_table(environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``KVTIER_*`` settings (as ``StoreConfig.from_env`` reads them) as a nested table."""
     table: dict[str, Any] = {}
-    known = {"KVTIER_NATIVE", "KVTIER_IO_ENGINE"}  # read by kvtier.native, not config fields
+    known = set(OTHER_ENV)  # not config fields
     sections = TIER_SECTIONS
     names = [(None, f.name) for f in dataclasses.fields(StoreConfig) if f.name not in sections]
     names += [(section, f.name) for section, cls in sections.items() for f in dataclasses.fields(cls)]

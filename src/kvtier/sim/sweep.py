@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from ..config import format_duration, parse_size
+from ..units import format_duration, parse_size
 from ..errors import InvalidArgumentError
 from .simulator import SimConfig, SimResult, simulate
 from .trace import Trace
