@@ -46,7 +46,8 @@ def test_round_trip_through_a_second_store(redis_url, stores):
     assert writer.batch_put(keys, pages) == [True] * 12  # host holds 4; Redis takes them all
     reader = stores(remote_config(redis_url))  # an empty host tier: everything comes from Redis
     assert reader.lookup_prefix(keys) == 12
-    assert [bytes(v) for v in reader.batch_get(keys)] == pages
+    got = reader.batch_get(keys)
+    assert [bytes(v) for v in got] == pages and not any(v.readonly for v in got)
     stats = reader.stats()
     assert stats.hits == 12 and stats.tier("remote").hits == 12
     assert stats.tier("host").entries == 4  # promoted as far as the host tier has room

@@ -182,7 +182,9 @@ def test_cluster_with_three_masters(redis_cluster):
     assert len(owners) == 3  # the pages are spread over all three masters
     with TieredStore(remote_config(redis_cluster.url, cluster=True)) as reader:
         assert reader.lookup_prefix(keys) == 48
-        assert [bytes(v) for v in reader.batch_get(keys)] == pages
+        got = reader.batch_get(keys)
+        assert [bytes(v) for v in got] == pages
+        assert not any(v.readonly for v in got)  # a cluster's replies are bytes: copied out
         assert reader.evict(keys[0]) and reader.lookup_prefix(keys) == 0
 
 

@@ -418,8 +418,11 @@ class RemoteTier:
         if head["codec"] == CODEC_NONE:  # verify the received bytes (still in cache), then copy
             if native.checksum(payload) != head["checksum"]:
                 return self._corrupt()
-            if out is None:
+            if out is None and not payload.readonly:
                 page = payload  # a buffer of its own, read for this call
+            elif out is None:  # a cluster reply (bytes): callers get a writable page
+                page = memoryview(native.alloc_bytearray(raw_len))
+                native.copy(page, payload)
             else:
                 page = out
                 if payload is not out:
