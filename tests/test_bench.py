@@ -127,3 +127,21 @@ def test_codec_bench_disk_table(tmp_path):
 def test_codec_bench_rejects_bad_bytes():
     result = CliRunner().invoke(app, ["bench", "--codec", "--codec-bytes", "lots"])
     assert result.exit_code != 0 and "cannot parse size" in result.output
+
+
+def test_disk_read_ab_script_runs(tmp_path):
+    """scripts/disk_read_ab.py (the aligned vs unaligned read A/B quoted in ARCHITECTURE.md)
+    at one trial of 1 MiB pages, so it cannot rot."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "disk_read_ab.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "1024", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    for name in ("aligned", "unaligned"):
+        line = next(line for line in lines if line.strip().startswith(name + ":"))
+        assert float(line.split(":")[1].split()[0]) > 0
+    assert not (tmp_path / "store").exists()

@@ -25,9 +25,10 @@ Per trial, for each backend in turn (and the raw ceiling; each goes first in tur
   under both backends' directories gets ``posix_fadvise(DONTNEED)`` (no page in the page
   cache; the kernel's inode and directory caches stay warm, which spares HiCacheFile's
   ``open`` a lookup) and the prefetch calls are timed;
-* **warm read**: the same prefetch again, nothing dropped. kvtier's disk tier reads with
-  ``O_DIRECT`` (``direct_io`` in the result), so its warm read goes to the drive again;
-  HiCacheFile's is served from the page cache.
+* **warm read**: the same prefetch again, nothing dropped. kvtier's backend promotes what
+  the cold read brought back into its host tier (``promote_on_read``, its default), so its
+  warm read is served from there; with promotion off its ``O_DIRECT`` reads (``direct_io``
+  in the result) go to the drive again. HiCacheFile's is served from the page cache.
 
 The ceiling, in the same run and directory: the same bytes as raw page-sized ``O_DIRECT``
 transfers, ``batch`` per submission on kvtier's I/O engine (``native.raw_io_bench``), writes

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from rich.console import Console
 from rich.table import Table
 
@@ -17,17 +19,25 @@ from ..config import format_size
 err = Console(stderr=True)
 
 
+def _column_table(title: str, caption: str, corner: str, headers: list[tuple[str, Any]],
+                  rows: list[tuple[str, Callable[[Any], str]]], sections: tuple[str, ...] = ()) -> Table:
+    """One column per measured item (``headers``: its title and the item), one row per
+    ``(label, cell(item))``; a section ends after each label ending with one of ``sections``."""
+    table = Table(title=title, caption=caption)
+    table.add_column(corner)
+    for header, _ in headers:
+        table.add_column(header, justify="right")
+    for label, cell in rows:
+        table.add_row(label, *(cell(item) for _, item in headers),
+                      end_section=bool(sections) and label.endswith(sections))
+    return table
+
+
 def _gbs(value: float) -> str:
     return f"{value / 1e9:.2f}"
 
 
 def print_host_table(result: HostBenchResult) -> None:
-    table = Table(title=f"host tier · {format_size(result.settings.capacity_bytes)} arena · "
-                        f"native backend: {result.native_backend} · {result.cpu}",
-                  caption="memcpy: the ceiling, raw copies over the same memory, same run")
-    table.add_column("GB/s and ratios")
-    for page in result.pages:
-        table.add_column(format_size(page.page_bytes), justify="right")
     rows = [
         ("put", lambda p: _gbs(p.put)),
         ("memcpy into arena", lambda p: _gbs(p.put_ceiling)),
@@ -42,10 +52,12 @@ def print_host_table(result: HostBenchResult) -> None:
         ("batch_get_into ×16", lambda p: _gbs(p.batch_get_into)),
         ("batch_get_into ×16 / memcpy", lambda p: f"{p.batch_get_into_ratio:.0%}"),
     ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(page) for page in result.pages))
     console = Console()
-    console.print(table)
+    console.print(_column_table(
+        f"host tier · {format_size(result.settings.capacity_bytes)} arena · native backend: "
+        f"{result.native_backend} · {result.cpu}",
+        "memcpy: the ceiling, raw copies over the same memory, same run", "GB/s and ratios",
+        [(format_size(page.page_bytes), page) for page in result.pages], rows))
     meta = result.metadata
     if meta is not None:
         console.print(
@@ -59,13 +71,6 @@ def print_host_table(result: HostBenchResult) -> None:
 
 def print_disk_table(result: DiskBenchResult) -> None:
     mode = "O_DIRECT" if result.direct_io else "buffered (O_DIRECT refused here)"
-    table = Table(title=f"disk tier · {mode} · io engine {result.io_engine} · {result.directory}",
-                  caption=f"ceiling: raw O_DIRECT I/O of the same pages and queue depth in the same "
-                          f"directory, same run ({result.ceiling_tool}); kvtier write = write-back "
-                          f"(flush), read = batch_get_into from disk")
-    table.add_column("GB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ×{row.batch}", justify="right")
     rows = [
         ("write", lambda r: _gbs(r.write)),
         ("raw write", lambda r: _gbs(r.write_ceiling)),
@@ -74,9 +79,12 @@ def print_disk_table(result: DiskBenchResult) -> None:
         ("raw read", lambda r: _gbs(r.read_ceiling)),
         ("read / raw", lambda r: f"{r.read_ratio:.0%}"),
     ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results))
-    Console().print(table)
+    Console().print(_column_table(
+        f"disk tier · {mode} · io engine {result.io_engine} · {result.directory}",
+        f"ceiling: raw O_DIRECT I/O of the same pages and queue depth in the same directory, same "
+        f"run ({result.ceiling_tool}); kvtier write = write-back (flush), read = batch_get_into "
+        f"from disk", "GB/s and ratios",
+        [(f"{format_size(row.page_bytes)} ×{row.batch}", row) for row in result.results], rows))
 
 
 def _mbs(value: float | None) -> str:
@@ -141,15 +149,6 @@ def print_remote_table(result: RemoteBenchResult) -> None:
     settings = result.settings
     tool = (f"{result.redis_benchmark} -c 1 -P {settings.batch}, one run per size"
             if result.redis_benchmark else "redis-benchmark not run")
-    table = Table(title=f"remote tier · {result.server} at {result.url} · {result.client} · {result.cpu}",
-                  caption=f"MB/s of raw page bytes, median of {settings.trials} trials after a warm-up; "
-                          f"kvtier: put_many / get_many into caller buffers, codec none; raw (the "
-                          f"ceiling): redis-py pipelined SET / GET of the same bytes, same batch, same "
-                          f"server, same run, on a client set up as the tier's (packer, read size); "
-                          f"defaults: the same on a default redis-py client; {tool}")
-    table.add_column("MB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ×{row.batch}", justify="right")
     rows = [
         ("write (put_many)", lambda r: _mbs(r.write)),
         ("raw redis-py SET", lambda r: _mbs(r.raw_write)),
@@ -166,10 +165,15 @@ def print_remote_table(result: RemoteBenchResult) -> None:
         ("redis-benchmark GET", lambda r: _mbs(r.bench_read)),
         ("read / redis-benchmark", lambda r: _pct(r.vs("bench")[1])),
     ]
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results),
-                      end_section=label == "write / redis-benchmark")
-    Console().print(table)
+    Console().print(_column_table(
+        f"remote tier · {result.server} at {result.url} · {result.client} · {result.cpu}",
+        f"MB/s of raw page bytes, median of {settings.trials} trials after a warm-up; kvtier: "
+        f"put_many / get_many into caller buffers, codec none; raw (the ceiling): redis-py "
+        f"pipelined SET / GET of the same bytes, same batch, same server, same run, on a client "
+        f"set up as the tier's (packer, read size); defaults: the same on a default redis-py "
+        f"client; {tool}", "MB/s and ratios",
+        [(f"{format_size(row.page_bytes)} ×{row.batch}", row) for row in result.results], rows,
+        sections=("write / redis-benchmark",)))
     if result.redis_benchmark_note:
         err.print(f"[yellow]{result.redis_benchmark_note}")
 
@@ -177,22 +181,6 @@ def print_remote_table(result: RemoteBenchResult) -> None:
 def print_sglang_table(result: SGLangBenchResult) -> None:
     settings = result.settings
     mode = "O_DIRECT" if result.direct_io else "buffered (O_DIRECT refused here)"
-    table = Table(title=f"SGLang {result.sglang} HiCache L3 · kvtier vs HiCacheFile · kvtier disk "
-                        f"{mode}, io engine {result.io_engine} · {result.directory} · {result.cpu} · "
-                        f"load {result.load[0]:.2f} → {result.load[1]:.2f}",
-                  caption=f"MB/s of page bytes, median of {settings.trials} trials after a warm-up, "
-                          f"{settings.batch} pages per call, both backends on the same pages in the "
-                          f"same directory; kvtier: {result.paths['kvtier']}; HiCacheFile: "
-                          f"{result.paths['hicache_file']}; write = backup calls + os.sync(); cold = "
-                          f"backend rebuilt, posix_fadvise(DONTNEED) on every file of both; warm = "
-                          f"read again (kvtier's O_DIRECT reads go to the drive again); raw (the "
-                          f"ceiling): page-sized O_DIRECT transfers of the same bytes, "
-                          f"{settings.batch} per submission, same directory, same run; torch "
-                          f"threads: {result.torch_threads}")
-    table.add_column("MB/s and ratios")
-    for row in result.results:
-        table.add_column(f"{format_size(row.page_bytes)} ({row.page_tokens} tokens) ×{row.pages}",
-                         justify="right")
     rows = []
     for measure, label in (("write", "durable write"), ("cold_read", "cold read"),
                            ("warm_read", "warm read")):
@@ -204,7 +192,19 @@ def print_sglang_table(result: SGLangBenchResult) -> None:
                      (f"{label}: kvtier / raw", lambda r, m=measure: _pct(r.ratio(m, "raw")))]
     rows.append(("pages verified byte-exact", lambda r: " / ".join(
         str(r.verified_pages[name]) for name in ("kvtier", "hicache_file"))))
-    for label, cell in rows:
-        table.add_row(label, *(cell(row) for row in result.results),
-                      end_section=label.endswith(("kvtier / raw", "warm read: kvtier / HiCacheFile")))
-    Console().print(table)
+    Console().print(_column_table(
+        f"SGLang {result.sglang} HiCache L3 · kvtier vs HiCacheFile · kvtier disk {mode}, io engine "
+        f"{result.io_engine} · {result.directory} · {result.cpu} · load {result.load[0]:.2f} → "
+        f"{result.load[1]:.2f}",
+        f"MB/s of page bytes, median of {settings.trials} trials after a warm-up, {settings.batch} "
+        f"pages per call, both backends on the same pages in the same directory; kvtier: "
+        f"{result.paths['kvtier']}; HiCacheFile: {result.paths['hicache_file']}; write = backup "
+        f"calls + os.sync(); cold = backend rebuilt, posix_fadvise(DONTNEED) on every file of "
+        f"both; warm = read again (kvtier: from its host tier when the cold read promoted the "
+        f"pages, else from the drive again; HiCacheFile: from the page cache); raw (the "
+        f"ceiling): page-sized O_DIRECT transfers of the same bytes, {settings.batch} per "
+        f"submission, same directory, same run; torch threads: {result.torch_threads}",
+        "MB/s and ratios",
+        [(f"{format_size(row.page_bytes)} ({row.page_tokens} tokens) ×{row.pages}", row)
+         for row in result.results], rows,
+        sections=("kvtier / raw", "warm read: kvtier / HiCacheFile")))
