@@ -149,22 +149,14 @@ def print_remote_table(result: RemoteBenchResult) -> None:
     settings = result.settings
     tool = (f"{result.redis_benchmark} -c 1 -P {settings.batch}, one run per size"
             if result.redis_benchmark else "redis-benchmark not run")
-    rows = [
-        ("write (put_many)", lambda r: _mbs(r.write)),
-        ("raw redis-py SET", lambda r: _mbs(r.raw_write)),
-        ("write / raw", lambda r: _pct(r.vs("raw")[0])),
-        ("redis-py defaults SET", lambda r: _mbs(r.default_write)),
-        ("write / defaults", lambda r: _pct(r.vs("default")[0])),
-        ("redis-benchmark SET", lambda r: _mbs(r.bench_write)),
-        ("write / redis-benchmark", lambda r: _pct(r.vs("bench")[0])),
-        ("read (get_many)", lambda r: _mbs(r.read)),
-        ("raw redis-py GET", lambda r: _mbs(r.raw_read)),
-        ("read / raw", lambda r: _pct(r.vs("raw")[1])),
-        ("redis-py defaults GET", lambda r: _mbs(r.default_read)),
-        ("read / defaults", lambda r: _pct(r.vs("default")[1])),
-        ("redis-benchmark GET", lambda r: _mbs(r.bench_read)),
-        ("read / redis-benchmark", lambda r: _pct(r.vs("bench")[1])),
-    ]
+    rows = []
+    for side, op, call, command in ((0, "write", "put_many", "SET"), (1, "read", "get_many", "GET")):
+        rows.append((f"{op} ({call})", lambda r, op=op: _mbs(getattr(r, op))))
+        for ceiling, name, short in (("raw", "raw redis-py", "raw"),
+                                     ("default", "redis-py defaults", "defaults"),
+                                     ("bench", "redis-benchmark", "redis-benchmark")):
+            rows += [(f"{name} {command}", lambda r, f=f"{ceiling}_{op}": _mbs(getattr(r, f))),
+                     (f"{op} / {short}", lambda r, c=ceiling, i=side: _pct(r.vs(c)[i]))]
     Console().print(_column_table(
         f"remote tier · {result.server} at {result.url} · {result.client} · {result.cpu}",
         f"MB/s of raw page bytes, median of {settings.trials} trials after a warm-up; kvtier: "
